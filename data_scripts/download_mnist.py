@@ -1,0 +1,69 @@
+"""Download MNIST (or import it from a local folder), verified by MD5.
+
+    python data_scripts/download_mnist.py                  # into ~/.cache/minicnn/mnist
+    python data_scripts/download_mnist.py --dest DIR       # into DIR
+    python data_scripts/download_mnist.py --source DIR     # offline: import from DIR
+
+A thin command line over :mod:`minicnn.download`, which holds the logic (the
+``minicnn train --download`` command uses the same code).  Exit codes: 0 done,
+1 failed (one-line message on stderr), 2 bad arguments, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    from minicnn import download
+except ModuleNotFoundError as exc:  # a source checkout before `pip install -e .`
+    if exc.name != "minicnn":
+        raise
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from minicnn import download
+
+from minicnn.data import default_cache_dir
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="download_mnist.py",
+        description="Download the four MNIST files (or import them from a local folder) "
+                    "and verify the MD5 of their decompressed content.")
+    parser.add_argument("--dest", type=Path, default=None,
+                        help=f"folder to put the files in (default: {default_cache_dir()})")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="import from this local folder instead of downloading")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="network timeout per request, seconds (default: 60)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars or per-file messages")
+    return parser.parse_args(argv)
+
+
+def main(argv=None, opener=None) -> int:
+    """Run the command; ``opener`` replaces ``urllib.request.urlopen`` (tests)."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): argparse already printed
+        return int(exc.code or 0)
+    dest = args.dest.expanduser() if args.dest is not None else default_cache_dir()
+    log = None if args.quiet else print
+    try:
+        if args.source is not None:
+            actions = download.import_mnist(args.source, dest, log=log)
+        else:
+            actions = download.download_mnist(dest, opener=opener, timeout=args.timeout,
+                                              progress=not args.quiet, log=log)
+    except (download.DownloadError, OSError) as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: no partial file was left in {dest}", file=sys.stderr)
+        return 130
+    print(download.summary(actions, dest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

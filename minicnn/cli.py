@@ -1,0 +1,228 @@
+"""The ``minicnn`` command (also ``python -m minicnn``).
+
+    minicnn train      [--model default] [--epochs N] ... [--save PATH] [--metrics PATH]
+    minicnn evaluate   --load PATH
+    minicnn summary    --model NAME
+    minicnn gradcheck  [--layers NAME ...]
+
+Invalid flags or values exit with status 2 and an argparse message; known
+failures (missing data, bad checkpoint, NaN in training) print one clear
+message and exit 1; Ctrl-C during training saves a checkpoint, says how to
+resume and exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+
+# ------------------------------------------------------------ argument types
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return v
+
+
+def _shape(text):
+    try:
+        dims = tuple(int(t) for t in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 1,28,28, got {text!r}") from None
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W of three positive integers, got {text!r}")
+    return dims
+
+
+# --------------------------------------------------------------- the parser
+def build_parser() -> argparse.ArgumentParser:
+    from minicnn.models import MODELS
+
+    p = argparse.ArgumentParser(prog="minicnn", description="A small, readable and fast CNN "
+                                "framework on numpy + Numba, built to measure what pooling does.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a model on MNIST",
+                       description="Train a named model on MNIST. Flags left out take the model's "
+                                   "recipe (see `minicnn summary`).")
+    t.add_argument("--model", default="default", choices=sorted(MODELS), help="which model to build")
+    t.add_argument("--epochs", type=_positive_int, help="number of epochs")
+    t.add_argument("--batch-size", type=_positive_int, help="batch size")
+    t.add_argument("--lr", type=_positive_float, help="learning rate (the peak, with --schedule onecycle)")
+    t.add_argument("--optimizer", choices=["sgd", "adam"], help="optimiser")
+    t.add_argument("--schedule", choices=["onecycle", "constant"], help="learning-rate schedule")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    t.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    t.add_argument("--data-dir", help="folder holding the MNIST IDX files "
+                                      "(default: $MINICNN_DATA, then the cache)")
+    t.add_argument("--download", action="store_true", help="download MNIST if it is not found")
+    t.add_argument("--limit-train", type=_positive_int, metavar="N",
+                   help="train on the first N examples only, for quick runs")
+    t.add_argument("--grad-clip", type=_positive_float, metavar="NORM",
+                   help="clip the global gradient norm to NORM")
+    t.add_argument("--save", metavar="PATH", help="write a checkpoint (.npz) after every epoch")
+    t.add_argument("--resume", metavar="PATH", help="continue training from a checkpoint")
+    t.add_argument("--metrics", metavar="PATH", help="write per-epoch metrics as JSON")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("evaluate", help="test accuracy of a saved model")
+    e.add_argument("--load", required=True, metavar="PATH", help="checkpoint written by train --save")
+    e.add_argument("--data-dir", help="folder holding the MNIST IDX files")
+
+    s = sub.add_parser("summary", help="print a model's layers, shapes and parameter counts")
+    s.add_argument("--model", default="default", choices=sorted(MODELS))
+    s.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="input shape (default: the model's)")
+
+    g = sub.add_parser("gradcheck", help="check every backward pass against finite differences")
+    g.add_argument("--layers", nargs="*", metavar="NAME", help="only these cases (default: all)")
+    g.add_argument("--seed", type=_nonneg_int, default=0)
+    return p
+
+
+# ----------------------------------------------------------------- commands
+def cmd_train(args) -> int:
+    from minicnn import checkpoint
+    from minicnn.data import ensure_mnist, load_mnist
+    from minicnn.models import MODELS, build_model
+    from minicnn.optim import SGD, Adam, OneCycleLR
+    from minicnn.train import Trainer, evaluate
+
+    extra = {}
+    if args.resume:
+        model, meta, optim_arrays = checkpoint.load(args.resume)
+        extra = meta["extra"]
+        name = extra.get("model_name", args.model)
+        if args.model != "default" and args.model != name:
+            raise SystemExit(f"minicnn train: --model {args.model} does not match the checkpoint's model {name}")
+        args.model = name
+        args.seed = extra.get("seed", args.seed)
+    recipe = MODELS[args.model].recipe
+    epochs = args.epochs or recipe.epochs
+    batch_size = args.batch_size or extra.get("batch_size") or recipe.batch_size
+    opt_name = args.optimizer or recipe.optimizer
+    lr = args.lr or recipe.lr
+    schedule = args.schedule or recipe.schedule
+
+    folder = ensure_mnist(args.data_dir, download=args.download)
+    x, y = load_mnist(folder, "train", limit=args.limit_train)
+    x_test, y_test = load_mnist(folder, "test")
+    if not args.resume:
+        model = build_model(args.model, seed=args.seed)
+    params = model.parameters()
+    optimizer = Adam(params, lr=lr) if opt_name == "adam" else \
+        SGD(params, lr=lr, momentum=args.momentum, nesterov=args.momentum > 0)
+    steps = epochs * -(-len(x) // batch_size)
+    scheduler = OneCycleLR(optimizer, max_lr=lr, total_steps=steps) if schedule == "onecycle" else None
+    trainer = Trainer(model, optimizer, batch_size=batch_size, seed=args.seed, scheduler=scheduler,
+                      grad_clip=args.grad_clip, checkpoint_path=args.save or args.resume,
+                      progress=not args.no_progress, model_name=args.model)
+    if args.resume:
+        trainer.restore(extra, optim_arrays)
+        print(f"resuming {args.model} from {args.resume} at epoch {trainer.epoch + 1}, step {trainer.step}")
+    print(f"training {args.model} ({model.num_params():,} parameters) on {len(x):,} MNIST images: "
+          f"{epochs} epochs, batch {batch_size}, {opt_name} lr {lr:g} ({schedule})")
+    history = trainer.fit(x, y, epochs, x_test, y_test)
+    for h in history:
+        print(f"epoch {h['epoch']}: train loss {h['train_loss']:.4f}, train acc {h['train_accuracy']:.4f}, "
+              f"test acc {h['test_accuracy']:.4f}, {h['seconds']:.1f} s")
+    _, acc = evaluate(model, x_test, y_test)
+    print(f"test accuracy: {100 * acc:.2f} % on {len(y_test):,} MNIST test images")
+    if args.metrics:
+        from minicnn.checkpoint import atomic_write_bytes
+        metrics = {"model": args.model, "num_params": model.num_params(), "epochs": epochs,
+                   "batch_size": batch_size, "optimizer": opt_name, "lr": lr, "schedule": schedule,
+                   "seed": args.seed, "train_examples": len(x),
+                   "train_loss": [h["train_loss"] for h in history],
+                   "train_accuracy": [h["train_accuracy"] for h in history],
+                   "seconds_per_epoch": [h["seconds"] for h in history],
+                   "test_accuracy": acc, "history": history}
+        atomic_write_bytes(args.metrics, json.dumps(metrics, indent=2).encode())
+        print(f"metrics written to {args.metrics}")
+    if args.save:
+        print(f"checkpoint written to {args.save}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from minicnn import checkpoint
+    from minicnn.data import load_mnist
+    from minicnn.train import evaluate
+
+    model, meta, _ = checkpoint.load(args.load)
+    x_test, y_test = load_mnist(args.data_dir, "test")
+    t0 = time.perf_counter()
+    loss, acc = evaluate(model, x_test, y_test)
+    print(f"{args.load}: test accuracy {100 * acc:.2f} %, loss {loss:.4f} on {len(y_test):,} images "
+          f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from minicnn.models import MODELS, build_model
+
+    spec = MODELS[args.model]
+    model = build_model(args.model)
+    print(model.summary(args.input_shape or spec.input_shape))
+    print(f"\n{spec.description}")
+    return 0
+
+
+def cmd_gradcheck(args) -> int:
+    from minicnn.gradcheck_cases import run_cases
+
+    return 0 if run_cases(args.layers, seed=args.seed) else 1
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary,
+            "gradcheck": cmd_gradcheck}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from minicnn.checkpoint import CheckpointError
+    from minicnn.data import MNISTNotFoundError
+    from minicnn.train import NonFiniteError, TrainingInterrupted
+
+    try:
+        return COMMANDS[args.command](args)
+    except TrainingInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\naborted", file=sys.stderr)
+        return 130
+    except (MNISTNotFoundError, CheckpointError, NonFiniteError, FileNotFoundError) as e:
+        print(f"minicnn {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Stochastic pooling and fractional max pooling kernels.
+
+The randomness is drawn by the layers (each with its own seeded
+``np.random.Generator``) and passed in as arrays, so every kernel here is a
+deterministic function of its arguments and safe to run in parallel.
+
+Shapes: ``x, dx : (N, C, H, W)``; ``out, dout, index : (N, C, oH, oW)``.
+``index`` holds the flat in-plane index ``h * W + w`` of the chosen cell
+(or -1 for "no cell"); its backward is
+:func:`minicnn.kernels.adaptive.argmax_backward`.
+
+Parallel contract (every kernel here): prange over the N*C planes; each
+iteration reads and writes only its own plane.
+"""
+import numpy as np
+from numba import njit, prange
+
+from minicnn.kernels.adaptive import argmax_backward  # noqa: F401  (re-exported)
+
+
+# ------------------------------------------------------------ stochastic pooling
+# Window (i, j) covers rows [i*sh, i*sh + kh) and columns [j*sw, j*sw + kw)
+# (no padding), with oH = (H - kh) // sh + 1 (geometry.output_size).
+# Inside a window the cells a_0, ..., a_{K-1} (K = kh*kw) are taken in
+# row-major order; S = sum a, Q = sum a^2, both accumulated in float64.
+
+def _stochastic_pool_forward(x, u, kh, kw, sh, sw, out, index):
+    """Training-mode stochastic pooling (Zeiler & Fergus 2013).
+
+    ``x`` (N, C, H, W) non-negative, ``u`` (N, C, oH, oW) uniforms in
+    [0, 1) -> ``out``, ``index`` (N, C, oH, oW), both overwritten.
+
+    Each window samples cell ``m`` with probability ``p_m = a_m / S``
+    (inverse-CDF sampling): ``m`` is the first cell, in row-major order,
+    with ``u * S < a_0 + ... + a_m``.  Then ``out = a_m`` and
+    ``index = h_m * W + w_m``.  Cells with ``a_m = 0`` are never chosen.
+    A window with ``S = 0`` outputs 0 and ``index = -1`` (no gradient).
+    Backward (``argmax_backward``): ``dx[sampled cell] += dout``.
+    Parallel contract: prange over the N*C planes; iteration p writes only
+    plane p of ``out`` and ``index``.
+    """
+    N, C, H, W = x.shape
+    oH = out.shape[2]
+    oW = out.shape[3]
+    K = kh * kw
+    for p in prange(N * C):
+        n = p // C
+        c = p % C
+        for i in range(oH):
+            for j in range(oW):
+                h0 = i * sh
+                w0 = j * sw
+                s = np.float64(0.0)
+                for k in range(K):
+                    s += x[n, c, h0 + k // kw, w0 + k % kw]
+                pick = -1
+                if s > 0.0:
+                    t = u[n, c, i, j] * s
+                    acc = np.float64(0.0)
+                    for k in range(K):
+                        acc += x[n, c, h0 + k // kw, w0 + k % kw]
+                        if t < acc:
+                            pick = k
+                            break
+                if pick < 0:
+                    out[n, c, i, j] = 0.0
+                    index[n, c, i, j] = -1
+                else:
+                    h = h0 + pick // kw
+                    w = w0 + pick % kw
+                    out[n, c, i, j] = x[n, c, h, w]
+                    index[n, c, i, j] = h * W + w
+
+
+def _stochastic_pool_eval_forward(x, kh, kw, sh, sw, out):
+    """Evaluation-mode stochastic pooling: the probability-weighted average.
+
+    ``x`` (N, C, H, W) non-negative -> ``out`` (N, C, oH, oW), overwritten::
+
+        out = sum_m p_m a_m = Q / S      (0 when S = 0)
+
+    Parallel contract: prange over the N*C planes; iteration p writes only
+    plane p of ``out``.
+    """
+    N, C, H, W = x.shape
+    oH = out.shape[2]
+    oW = out.shape[3]
+    K = kh * kw
+    for p in prange(N * C):
+        n = p // C
+        c = p % C
+        for i in range(oH):
+            for j in range(oW):
+                s = np.float64(0.0)
+                q = np.float64(0.0)
+                for k in range(K):
+                    a = np.float64(x[n, c, i * sh + k // kw, j * sw + k % kw])
+                    s += a
+                    q += a * a
+                out[n, c, i, j] = q / s if s > 0.0 else 0.0
+
+
+def _stochastic_pool_eval_backward(x, dout, kh, kw, sh, sw, dx):
+    """Exact backward of the evaluation-mode output ``Q / S``.
+
+    ``x`` (N, C, H, W), ``dout`` (N, C, oH, oW) -> ``dx`` (N, C, H, W)::
+
+        d(Q/S)/da_m = (2 a_m S - Q) / S^2
+        dx[cell m of window] += dout * (2 a_m S - Q) / S^2
+
+    Windows with ``S = 0`` contribute nothing.  ``dx`` is overwritten
+    (zeroed here first).  Parallel contract: prange over the N*C planes;
+    iteration p accumulates only into plane p of ``dx``, so overlapping
+    windows (stride < kernel) cannot race.
+    """
+    N, C, H, W = x.shape
+    oH = dout.shape[2]
+    oW = dout.shape[3]
+    K = kh * kw
+    for p in prange(N * C):
+        n = p // C
+        c = p % C
+        for h in range(H):
+            for w in range(W):
+                dx[n, c, h, w] = 0.0
+        for i in range(oH):
+            for j in range(oW):
+                s = np.float64(0.0)
+                q = np.float64(0.0)
+                for k in range(K):
+                    a = np.float64(x[n, c, i * sh + k // kw, j * sw + k % kw])
+                    s += a
+                    q += a * a
+                if s > 0.0:
+                    g = np.float64(dout[n, c, i, j]) / (s * s)
+                    for k in range(K):
+                        h = i * sh + k // kw
+                        w = j * sw + k % kw
+                        dx[n, c, h, w] += g * (2.0 * x[n, c, h, w] * s - q)
+
+
+# --------------------------------------------------------- fractional max pooling
+
+def fractional_intervals(u, in_size, out_size, pool):
+    """Window starts of fractional max pooling (PyTorch's ``generate_intervals``).
+
+    ``u``: samples in [0, 1) of any shape (M...) -> int64 (M..., out_size)::
+
+        alpha  = (in_size - pool) / (out_size - 1)
+        seq[i] = int((i + u) * alpha) - int(u * alpha)    for i < out_size - 1
+        seq[out_size - 1] = in_size - pool
+
+    so ``seq[0] = 0``, the last window ends exactly at the input's edge, and
+    consecutive starts differ by floor(alpha) or ceil(alpha) (Graham 2014's
+    pseudo-random sequence).  Window ``i`` is ``[seq[i], seq[i] + pool)``.
+
+    Vectorised numpy rather than a jitted loop: it is O(N*C*out_size) and
+    computes in ``u``'s dtype (float32 or float64), as PyTorch does, so the
+    truncations agree with PyTorch's bit for bit.
+    """
+    u = np.asarray(u)
+    seq = np.empty(u.shape + (out_size,), np.int64)
+    if out_size > 1:
+        t = u.dtype.type
+        alpha = t(in_size - pool) / t(out_size - 1)
+        i = np.arange(out_size - 1).astype(u.dtype)
+        seq[..., :-1] = (((i + u[..., None]) * alpha).astype(np.int64)
+                         - (u * alpha).astype(np.int64)[..., None])
+    seq[..., out_size - 1] = in_size - pool
+    return seq
+
+
+def _fractional_max_forward(x, rows, cols, kh, kw, out, argmax):
+    """Fractional max pooling (Graham 2014) over given window starts.
+
+    ``x`` (N, C, H, W), ``rows`` (N, C, oH) and ``cols`` (N, C, oW) window
+    starts from :func:`fractional_intervals` -> ``out``, ``argmax``
+    (N, C, oH, oW), overwritten::
+
+        out[n, c, i, j] = max(x[n, c, r:r + kh, q:q + kw]),
+        r = rows[n, c, i], q = cols[n, c, j]
+
+    ``argmax`` = flat in-plane index ``h * W + w``.  Ties: first maximum in
+    row-major scan order; NaN propagates (``v > best or isnan(v)``, as in
+    PyTorch).  Backward (``argmax_backward``): ``dx[argmax] += dout``.
+    Parallel contract: prange over the N*C planes; iteration p writes only
+    plane p of ``out`` and ``argmax``.
+    """
+    N, C, H, W = x.shape
+    oH = out.shape[2]
+    oW = out.shape[3]
+    for p in prange(N * C):
+        n = p // C
+        c = p % C
+        for i in range(oH):
+            h0 = rows[n, c, i]
+            for j in range(oW):
+                w0 = cols[n, c, j]
+                best = x[n, c, h0, w0]
+                best_k = h0 * W + w0
+                for h in range(h0, h0 + kh):
+                    for w in range(w0, w0 + kw):
+                        v = x[n, c, h, w]
+                        if v > best or v != v:
+                            best = v
+                            best_k = h * W + w
+                out[n, c, i, j] = best
+                argmax[n, c, i, j] = best_k
+
+
+stochastic_pool_forward = njit(parallel=True, cache=True)(_stochastic_pool_forward)
+stochastic_pool_eval_forward = njit(parallel=True, cache=True)(_stochastic_pool_eval_forward)
+stochastic_pool_eval_backward = njit(parallel=True, cache=True)(_stochastic_pool_eval_backward)
+fractional_max_forward = njit(parallel=True, cache=True)(_fractional_max_forward)

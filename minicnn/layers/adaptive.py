@@ -1,0 +1,261 @@
+"""Adaptive, global and spatial-pyramid pooling: a fixed output size for any input size.
+
+Bins (PyTorch's ``AdaptiveAvgPool2d`` / ``AdaptiveMaxPool2d`` rule): output
+index ``i`` of ``out`` bins along an axis of length ``L`` pools the cells
+``[floor(i*L/out), ceil((i+1)*L/out))``; for ``L % out != 0`` neighbouring
+bins overlap and differ in size.  The kernels are in
+:mod:`minicnn.kernels.adaptive`.
+
+Forward / backward::
+
+    avg:  y = mean(x[bin])          dx[bin] += dout / |bin|
+    max:  y = max(x[bin])           dx[argmax] += dout
+          (first maximum in row-major order wins ties; NaN propagates)
+
+Shapes: ``x : (N, C, H, W)``; adaptive ``y : (N, C, oH, oW)``; global
+``y : (N, C)``; pyramid ``y : (N, C * sum(l*l for l in levels))``.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from minicnn.kernels.adaptive import (adaptive_avg_backward, adaptive_avg_forward,
+                                      adaptive_max_forward, argmax_backward)
+from minicnn.layers.base import Layer
+
+
+def adaptive_output_size(value, layer: str) -> tuple:
+    """Validate ``output_size``: an int or an ``(h, w)`` pair whose entries
+    are ints or ``None`` (``None`` keeps that input dimension, as in
+    PyTorch).  Returns ``(h, w)``; TypeError / ValueError name ``layer``."""
+    def ok(v):
+        return v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        hw = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(ok(v) for v in value):
+        hw = tuple(None if v is None else int(v) for v in value)
+    else:
+        raise TypeError(f"{layer}: output_size must be an int or a pair of ints/None, got {value!r}")
+    if any(v is not None and v <= 0 for v in hw):
+        raise ValueError(f"{layer}: output_size must be > 0, got {value!r}")
+    return hw
+
+
+def _resolve(hw, H, W):
+    """Replace ``None`` entries of an output size by the input size."""
+    return (H if hw[0] is None else hw[0], W if hw[1] is None else hw[1])
+
+
+def _avg(x, oh, ow):
+    out = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+    adaptive_avg_forward(np.ascontiguousarray(x), out)
+    return out
+
+
+def _avg_backward(dout, x_shape, dtype):
+    dx = np.empty(x_shape, dtype)
+    adaptive_avg_backward(np.ascontiguousarray(dout, dtype=dtype), dx)
+    return dx
+
+
+def _max(x, oh, ow):
+    out = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+    argmax = np.empty(out.shape, np.int64)
+    adaptive_max_forward(np.ascontiguousarray(x), out, argmax)
+    return out, argmax
+
+
+def _max_backward(dout, argmax, x_shape, dtype):
+    dx = np.empty(x_shape, dtype)
+    argmax_backward(np.ascontiguousarray(dout, dtype=dtype), argmax, dx)
+    return dx
+
+
+class AdaptiveAvgPool2D(Layer):
+    """AdaptiveAvgPool2D(output_size): average over adaptive bins.
+
+    ``output_size``: int or (h, w); ``None`` in the pair keeps that input
+    dimension.  ``(N, C, H, W) -> (N, C, oH, oW)``.
+    Backward: ``dx[bin] += dout / |bin|`` (cells in overlapping bins sum).
+    """
+
+    def __init__(self, output_size, name=None):
+        super().__init__(name)
+        self.output_size = adaptive_output_size(output_size, self.name)
+        self._x_shape = None
+
+    def config(self):
+        return {"output_size": list(self.output_size)}
+
+    def forward(self, x):
+        x = self._as_input(x, 4)
+        oh, ow = _resolve(self.output_size, *x.shape[2:])
+        self._x_shape, self._dtype_used = x.shape, x.dtype
+        return _avg(x, oh, ow)
+
+    def backward(self, dout):
+        self._need_forward("_x_shape")
+        N, C, H, W = self._x_shape
+        dout = self._check_dout(dout, (N, C) + _resolve(self.output_size, H, W))
+        return _avg_backward(dout, self._x_shape, self._dtype_used)
+
+
+class AdaptiveMaxPool2D(Layer):
+    """AdaptiveMaxPool2D(output_size, return_indices=False): max over adaptive bins.
+
+    ``(N, C, H, W) -> (N, C, oH, oW)``; with ``return_indices=True`` forward
+    returns ``(y, indices)``, ``indices`` the flat in-plane index
+    ``h * W + w`` of each maximum (int64, PyTorch's convention), and
+    ``backward`` still takes the gradient of ``y`` only.
+    Ties: first maximum in row-major order; NaN propagates.
+    Backward: ``dx[argmax] += dout``.
+    """
+
+    def __init__(self, output_size, return_indices=False, name=None):
+        super().__init__(name)
+        self.output_size = adaptive_output_size(output_size, self.name)
+        if not isinstance(return_indices, bool):
+            raise TypeError(f"{self.name}: return_indices must be a bool, got {return_indices!r}")
+        self.return_indices = return_indices
+        self._argmax = None
+
+    def config(self):
+        return {"output_size": list(self.output_size), "return_indices": self.return_indices}
+
+    def forward(self, x):
+        x = self._as_input(x, 4)
+        oh, ow = _resolve(self.output_size, *x.shape[2:])
+        y, self._argmax = _max(x, oh, ow)
+        self._x_shape, self._dtype_used = x.shape, x.dtype
+        return (y, self._argmax.copy()) if self.return_indices else y
+
+    def backward(self, dout):
+        self._need_forward("_argmax")
+        dout = self._check_dout(dout, self._argmax.shape)
+        return _max_backward(dout, self._argmax, self._x_shape, self._dtype_used)
+
+
+class GlobalAvgPool2D(Layer):
+    """GlobalAvgPool2D(): mean over each (H, W) plane, ``(N, C, H, W) -> (N, C)``.
+
+    Adaptive average pooling to 1x1, flattened.  Backward:
+    ``dx[n, c, :, :] = dout[n, c] / (H * W)``; ``dout`` has shape (N, C).
+    """
+
+    def __init__(self, name=None):
+        super().__init__(name)
+        self._x_shape = None
+
+    def forward(self, x):
+        x = self._as_input(x, 4)
+        self._x_shape, self._dtype_used = x.shape, x.dtype
+        return _avg(x, 1, 1).reshape(x.shape[:2])
+
+    def backward(self, dout):
+        self._need_forward("_x_shape")
+        N, C = self._x_shape[:2]
+        dout = self._check_dout(dout, (N, C))
+        return _avg_backward(dout.reshape(N, C, 1, 1), self._x_shape, self._dtype_used)
+
+
+class GlobalMaxPool2D(Layer):
+    """GlobalMaxPool2D(): max over each (H, W) plane, ``(N, C, H, W) -> (N, C)``.
+
+    Adaptive max pooling to 1x1, flattened (first maximum wins ties; NaN
+    propagates).  Backward: ``dx[n, c].flat[argmax] = dout[n, c]``; ``dout``
+    has shape (N, C).
+    """
+
+    def __init__(self, name=None):
+        super().__init__(name)
+        self._argmax = None
+
+    def forward(self, x):
+        x = self._as_input(x, 4)
+        y, self._argmax = _max(x, 1, 1)
+        self._x_shape, self._dtype_used = x.shape, x.dtype
+        return y.reshape(x.shape[:2])
+
+    def backward(self, dout):
+        self._need_forward("_argmax")
+        N, C = self._x_shape[:2]
+        dout = self._check_dout(dout, (N, C))
+        return _max_backward(dout.reshape(N, C, 1, 1), self._argmax, self._x_shape,
+                             self._dtype_used)
+
+
+class SpatialPyramidPool2D(Layer):
+    """SpatialPyramidPool2D(levels=(1, 2, 4), mode="max"), after He et al. 2014 (SPPNet).
+
+    For each level ``l`` (in the given order) the input is adaptively
+    pooled to ``l x l`` and flattened per sample; the pieces are
+    concatenated::
+
+        y = concat_l( adaptive_pool(x, (l, l)).reshape(N, C*l*l) )
+
+    so ``(N, C, H, W) -> (N, C * sum(l*l))`` (21*C for levels 1, 2, 4) for
+    any ``H, W >= max(levels)``.  Feature order: level by level; inside a
+    level channel-major, ``c*l*l + i*l + j`` (``torch.flatten(pooled, 1)``).
+    Backward: each level's slice of ``dout`` goes through that level's
+    adaptive backward; the input gradients of the levels are summed.
+    """
+
+    def __init__(self, levels=(1, 2, 4), mode="max", name=None):
+        super().__init__(name)
+        if not isinstance(levels, (tuple, list)) or not all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in levels):
+            raise TypeError(f"{self.name}: levels must be a tuple of ints, got {levels!r}")
+        if len(levels) == 0 or min(levels) <= 0:
+            raise ValueError(f"{self.name}: levels must be a non-empty tuple of ints > 0, "
+                             f"got {levels!r}")
+        if mode not in ("max", "avg"):
+            raise ValueError(f"{self.name}: mode must be 'max' or 'avg', got {mode!r}")
+        self.levels = tuple(int(v) for v in levels)
+        self.mode = mode
+        self._x_shape = None
+
+    def config(self):
+        return {"levels": list(self.levels), "mode": self.mode}
+
+    @property
+    def features_per_channel(self) -> int:
+        """``sum(l*l for l in levels)``: the output has ``C`` times this many features."""
+        return sum(v * v for v in self.levels)
+
+    def forward(self, x):
+        x = self._as_input(x, 4)
+        N, C, H, W = x.shape
+        top = max(self.levels)
+        if H < top or W < top:
+            raise ValueError(f"{self.name}: input spatial size {(H, W)} is smaller than the "
+                             f"largest pyramid level {top} (levels={self.levels}); "
+                             f"need H, W >= {top}")
+        x = np.ascontiguousarray(x)
+        pieces, self._argmaxes = [], []
+        for v in self.levels:
+            if self.mode == "max":
+                y, argmax = _max(x, v, v)
+                self._argmaxes.append(argmax)
+            else:
+                y = _avg(x, v, v)
+            pieces.append(y.reshape(N, C * v * v))
+        self._x_shape, self._dtype_used = x.shape, x.dtype
+        return np.concatenate(pieces, axis=1)
+
+    def backward(self, dout):
+        self._need_forward("_x_shape")
+        N, C = self._x_shape[:2]
+        dout = self._check_dout(dout, (N, C * self.features_per_channel))
+        dx = np.zeros(self._x_shape, self._dtype_used)
+        start = 0
+        for k, v in enumerate(self.levels):
+            d = dout[:, start:start + C * v * v].reshape(N, C, v, v)
+            start += C * v * v
+            if self.mode == "max":
+                dx += _max_backward(d, self._argmaxes[k], self._x_shape, self._dtype_used)
+            else:
+                dx += _avg_backward(d, self._x_shape, self._dtype_used)
+        return dx

@@ -1,0 +1,302 @@
+"""The layer graph: ``Sequential`` chains and branching ``Model`` graphs.
+
+Functional API (for parallel branches that are concatenated, e.g. a
+multi-scale pooling head)::
+
+    inp = Input((1, 28, 28))
+    h = ReLU()(Conv2D(1, 8, 3, padding=1)(inp))
+    out = Concat()(MaxPool2D(2)(h), AvgPool2D(2)(h))
+    model = Model(inp, Dense(8 * 14 * 14 * 2, 10)(Flatten()(out)))
+
+Forward visits the nodes in topological order.  Backward visits them in
+reverse, and where a node feeds several consumers the upstream gradients
+are *summed* (the multivariate chain rule).  ``Sequential`` is the special
+case of a chain.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minicnn.layers.base import Layer
+
+
+class Node:
+    """The output of ``layer`` applied to ``inputs`` (other nodes)."""
+
+    def __init__(self, layer: Layer | None, inputs: list["Node"]):
+        self.layer = layer
+        self.inputs = inputs
+
+
+class Input(Node):
+    """Graph entry point; ``shape`` is (C, H, W) or (features,), no batch."""
+
+    def __init__(self, shape):
+        super().__init__(None, [])
+        self.shape = tuple(int(s) for s in shape)
+
+
+class _Graph:
+    """What every model provides: forward/backward, params, modes, summary."""
+
+    input_shape: tuple | None = None
+    name = "model"
+
+    # ---- the graph as topologically ordered nodes (set by subclasses) ----
+    _nodes: list[Node]
+    _input: Input
+    _output: Node
+
+    def _name_layers(self):
+        seen, counts = set(), {}
+        for node in self._nodes[1:]:
+            layer = node.layer
+            if id(layer) in seen:
+                raise ValueError(f"{self.name}: layer {layer.name} is used twice; "
+                                 "minicnn layers cache their own activations, so create a new layer")
+            seen.add(id(layer))
+            base = type(layer).__name__.lower()
+            if layer.name == type(layer).__name__:  # default name: make unique, Keras style
+                k = counts.get(base, 0)
+                counts[base] = k + 1
+                layer.name = base if k == 0 else f"{base}_{k}"
+        names = [n.layer.name for n in self._nodes[1:]]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"{self.name}: layer names must be unique, repeated: {sorted(dup)}")
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [n.layer for n in self._nodes[1:]]
+
+    # ------------------------------------------------------------- compute
+    def forward(self, x):
+        values = {id(self._input): x}
+        try:
+            for node in self._nodes[1:]:
+                args = [values[id(i)] for i in node.inputs]
+                values[id(node)] = node.layer.forward(*args)
+        except ValueError as e:
+            got = tuple(np.shape(x)[1:])
+            if self.input_shape is not None and got != self.input_shape:
+                raise ValueError(f"{e} [model {self.name!r} was built for input shape "
+                                 f"{self.input_shape} (C, H, W); got {got}]") from None
+            raise
+        return values[id(self._output)]
+
+    def backward(self, dout):
+        """Backpropagate ``dout`` (gradient w.r.t. the output); returns dx.
+        Parameter gradients land in each layer's ``grads``."""
+        grads = {id(self._output): dout}
+        for node in reversed(self._nodes[1:]):
+            g = grads.pop(id(node), None)
+            if g is None:  # node does not reach the output
+                continue
+            din = node.layer.backward(g)
+            if len(node.inputs) == 1:
+                din = (din,)
+            for inp, d in zip(node.inputs, din):
+                prev = grads.get(id(inp))
+                grads[id(inp)] = d if prev is None else prev + d
+        return grads.get(id(self._input))
+
+    __call__ = forward
+
+    # ------------------------------------------------------------- params
+    def parameters(self):
+        """(qualified name, param, grad) triples, e.g. ('conv2d.W', W, dW)."""
+        return [(f"{layer.name}.{k}", p, layer.grads[k])
+                for layer in self.layers for k, p in layer.params.items()]
+
+    def named_params(self):
+        return [(n, p) for n, p, _ in self.parameters()]
+
+    def named_grads(self):
+        return [(n, g) for n, _, g in self.parameters()]
+
+    def num_params(self) -> int:
+        return sum(layer.num_params() for layer in self.layers)
+
+    def zero_grad(self):
+        for layer in self.layers:
+            layer.zero_grad()
+
+    def train(self):
+        for layer in self.layers:
+            layer.train()
+        return self
+
+    def eval(self):
+        for layer in self.layers:
+            layer.eval()
+        return self
+
+    @property
+    def training(self) -> bool:
+        return all(layer.training for layer in self.layers)
+
+    def astype(self, dtype):
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    # ------------------------------------------------------------ summary
+    def output_shapes(self, input_shape) -> dict[str, tuple]:
+        """Shape (without batch) after every layer, found by running one
+        zero sample through the model in eval mode."""
+        was_training = [layer.training for layer in self.layers]
+        self.eval()
+        try:
+            values = {id(self._input): np.zeros((1,) + tuple(input_shape), np.float32)}
+            shapes = {}
+            for node in self._nodes[1:]:
+                out = node.layer.forward(*[values[id(i)] for i in node.inputs])
+                values[id(node)] = out
+                shapes[node.layer.name] = out.shape[1:]
+        finally:
+            for layer, t in zip(self.layers, was_training):
+                layer.training = t
+        return shapes
+
+    def summary(self, input_shape=None) -> str:
+        """A Keras-style table: layer (type), output shape, parameters,
+        (inputs, for branching graphs), then the totals."""
+        input_shape = tuple(input_shape or self.input_shape or ())
+        if not input_shape:
+            raise ValueError(f"{self.name}.summary: give input_shape as (C, H, W)")
+        shapes = self.output_shapes(input_shape)
+        branching = not isinstance(self, Sequential)
+        rows = [("input (Input)", str((None,) + input_shape), "0", "")]
+        names = {id(self._input): "input"}
+        for node in self._nodes[1:]:
+            layer = node.layer
+            names[id(node)] = layer.name
+            rows.append((f"{layer.name} ({type(layer).__name__})",
+                         str((None,) + tuple(shapes[layer.name])),
+                         f"{layer.num_params():,}",
+                         ", ".join(names[id(i)] for i in node.inputs)))
+        header = ("Layer (type)", "Output Shape", "Param #", "Connected to")
+        ncol = 4 if branching else 3
+        widths = [max(len(r[i]) for r in rows + [header]) + 2 for i in range(ncol)]
+        line = lambda r: "".join(c.ljust(w) for c, w in zip(r[:ncol], widths)).rstrip()
+        total = self.num_params()
+        out = [f'Model: "{self.name}"', "=" * sum(widths), line(header), "=" * sum(widths)]
+        out += [line(r) for r in rows]
+        out += ["=" * sum(widths), f"Total params: {total:,}", f"Trainable params: {total:,}",
+                "Non-trainable params: 0"]
+        return "\n".join(out)
+
+    # ------------------------------------------------------- serialisation
+    def config(self) -> dict:
+        """The architecture as JSON-able data (no weights)."""
+        ids = {id(n): k for k, n in enumerate(self._nodes)}
+        nodes = [{"class": "Input", "shape": list(self._input.shape)}]
+        for node in self._nodes[1:]:
+            nodes.append({"class": type(node.layer).__name__, "name": node.layer.name,
+                          "config": _jsonable(node.layer.config()),
+                          "inputs": [ids[id(i)] for i in node.inputs]})
+        return {"class": "Model", "name": self.name, "nodes": nodes, "output": ids[id(self._output)]}
+
+
+def _jsonable(v):
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _topological(output: Node, inp: Input) -> list[Node]:
+    order, state = [], {}
+
+    def visit(node):
+        s = state.get(id(node))
+        if s == 1:
+            raise ValueError("the layer graph has a cycle")
+        if s == 2:
+            return
+        state[id(node)] = 1
+        for i in node.inputs:
+            visit(i)
+        state[id(node)] = 2
+        order.append(node)
+
+    visit(output)
+    if not order or order[0] is not inp:
+        raise ValueError("the model's output does not depend on its Input")
+    return order
+
+
+class Model(_Graph):
+    """A branching graph built with the functional API (see module doc)."""
+
+    def __init__(self, inputs: Input, outputs: Node, name: str = "model"):
+        if not isinstance(inputs, Input):
+            raise TypeError(f"Model: inputs must be an Input node, got {type(inputs).__name__}")
+        if not isinstance(outputs, Node):
+            raise TypeError(f"Model: outputs must be a Node, got {type(outputs).__name__}")
+        self.name = name
+        self._input, self._output = inputs, outputs
+        self._nodes = _topological(outputs, inputs)
+        roots = [n for n in self._nodes if not n.inputs]
+        if len(roots) != 1:
+            raise ValueError(f"Model {name!r}: exactly one Input is supported, found {len(roots)}")
+        self.input_shape = inputs.shape
+        self._name_layers()
+
+
+class Sequential(_Graph):
+    """Sequential([layer, ...], input_shape=None): a chain of layers."""
+
+    def __init__(self, layers, input_shape=None, name: str = "sequential"):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Sequential: needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Layer")
+        self.name = name
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self._input = Input(self.input_shape or ())
+        node: Node = self._input
+        for layer in layers:
+            node = Node(layer, [node])
+        self._output = node
+        self._nodes = _topological(node, self._input)
+        self._name_layers()
+
+    def config(self) -> dict:
+        return {"class": "Sequential", "name": self.name,
+                "input_shape": list(self.input_shape) if self.input_shape else None,
+                "layers": [{"class": type(l).__name__, "name": l.name, "config": _jsonable(l.config())}
+                           for l in self.layers]}
+
+
+def model_from_config(cfg: dict):
+    """Rebuild a model from :meth:`config` output.  Only minicnn's own layer
+    classes can be named (see ``minicnn.layers.LAYERS``); nothing else is
+    imported or executed."""
+    from minicnn.layers import build_layer
+
+    if not isinstance(cfg, dict) or cfg.get("class") not in ("Sequential", "Model"):
+        raise ValueError(f"model config must be a dict with class 'Sequential' or 'Model', got {cfg!r:.80}")
+    try:
+        if cfg["class"] == "Sequential":
+            layers = [build_layer(l["class"], l.get("config", {}), l.get("name")) for l in cfg["layers"]]
+            return Sequential(layers, input_shape=cfg.get("input_shape"), name=cfg.get("name", "sequential"))
+        nodes: list[Node] = []
+        for k, spec in enumerate(cfg["nodes"]):
+            if spec["class"] == "Input":
+                if k != 0:
+                    raise ValueError("only the first node may be the Input")
+                nodes.append(Input(spec["shape"]))
+                continue
+            inputs = [nodes[i] for i in spec["inputs"] if 0 <= i < k]
+            if len(inputs) != len(spec["inputs"]) or not inputs:
+                raise ValueError(f"node {k} names inputs {spec['inputs']} that do not precede it")
+            nodes.append(Node(build_layer(spec["class"], spec.get("config", {}), spec.get("name")), inputs))
+        return Model(nodes[0], nodes[cfg["output"]], name=cfg.get("name", "model"))
+    except (KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"malformed model config: {type(e).__name__}: {e}") from None

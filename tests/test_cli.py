@@ -1,0 +1,115 @@
+"""The `minicnn` command: train/evaluate/summary/gradcheck, errors, exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from minicnn.cli import main
+
+
+def run_module(*args, env=None):
+    """`python -m minicnn ARGS` in a subprocess."""
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "minicnn", *args], capture_output=True, text=True,
+                          env=e, timeout=300)
+
+
+def test_train_writes_metrics_and_checkpoint_then_evaluate_reads_it(synthetic_mnist_dir, tmp_path, capsys):
+    metrics, ck = tmp_path / "m.json", tmp_path / "ck.npz"
+    code = main(["train", "--model", "lenet", "--epochs", "2", "--batch-size", "32",
+                 "--data-dir", synthetic_mnist_dir, "--limit-train", "256", "--no-progress",
+                 "--metrics", str(metrics), "--save", str(ck), "--lr", "0.05"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "test accuracy:" in out
+    m = json.loads(metrics.read_text())
+    assert m["model"] == "lenet" and m["num_params"] == 9098
+    assert len(m["train_loss"]) == len(m["train_accuracy"]) == len(m["seconds_per_epoch"]) == 2
+    assert 0.0 <= m["test_accuracy"] <= 1.0
+    assert main(["evaluate", "--load", str(ck), "--data-dir", synthetic_mnist_dir]) == 0
+    out = capsys.readouterr().out
+    assert f"test accuracy {100 * m['test_accuracy']:.2f} %" in out
+
+
+def test_resume_continues_to_the_requested_epochs(synthetic_mnist_dir, tmp_path, capsys):
+    ck = tmp_path / "ck.npz"
+    common = ["--model", "lenet", "--batch-size", "64", "--data-dir", synthetic_mnist_dir,
+              "--limit-train", "128", "--no-progress"]
+    assert main(["train", *common, "--epochs", "1", "--save", str(ck)]) == 0
+    assert main(["train", *common, "--epochs", "2", "--resume", str(ck)]) == 0
+    out = capsys.readouterr().out
+    assert "resuming lenet" in out and "epoch 2:" in out
+
+
+def test_summary_prints_the_table(capsys):
+    assert main(["summary", "--model", "default"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 421,642" in out
+    assert "(None, 64, 7, 7)" in out
+
+
+def test_gradcheck_command_passes_everything(capsys):
+    assert main(["gradcheck"]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and "all passed" in out
+    for name in ("Conv2D", "Dense", "ReLU", "MaxPool2D", "AvgPool2D", "LPPool2D", "MixedPool2D",
+                 "StochasticPool2D", "FractionalMaxPool2D", "AdaptiveAvgPool2D", "AdaptiveMaxPool2D",
+                 "GlobalAvgPool2D", "GlobalMaxPool2D", "SpatialPyramidPool2D", "MaxUnpool2D", "model:"):
+        assert name in out
+
+
+def test_gradcheck_command_fails_on_a_broken_backward(monkeypatch, capsys):
+    import minicnn as mc
+
+    def wrong(self, dout):   # routes the gradient through negatives too
+        return dout.copy()
+    monkeypatch.setattr(mc.ReLU, "backward", wrong)
+    assert main(["gradcheck", "--layers", "ReLU"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--epochs", "0"], "--epochs: expected a positive integer"),
+    (["train", "--lr", "abc"], "--lr: expected a positive number"),
+    (["train", "--optimizer", "rmsprop"], "--optimizer: invalid choice"),
+    (["train", "--model", "nope"], "--model: invalid choice"),
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["summary", "--input-shape", "1,28"], "--input-shape: expected C,H,W"),
+])
+def test_invalid_flags_exit_2_with_argparse_message(args, fragment, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_invalid_flag_in_subprocess_has_no_traceback():
+    r = run_module("train", "--batch-size", "-3")
+    assert r.returncode == 2
+    assert "--batch-size: expected a positive integer" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_data_folder_says_how_to_get_mnist(tmp_path):
+    r = run_module("train", "--data-dir", str(tmp_path / "empty"), "--no-progress")
+    assert r.returncode == 1
+    assert "download_mnist.py" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_checkpoint_is_one_line_error(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"garbage")
+    r = run_module("evaluate", "--load", str(bad))
+    assert r.returncode == 1
+    assert "bad.npz" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_python_dash_m_matches_console_entry(capsys):
+    r = run_module("summary", "--model", "lenet")
+    assert r.returncode == 0
+    assert main(["summary", "--model", "lenet"]) == 0
+    assert r.stdout == capsys.readouterr().out

@@ -1,0 +1,363 @@
+"""Conv2D against a naive loop reference, its kernels' serial compile, and PyTorch."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+import minicnn
+from minicnn.gradcheck import check_gradients, tie_free
+from minicnn.kernels import conv as K
+from minicnn.layers.conv import Conv2D
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+# --------------------------------------------------------------- naive reference
+def _pad(x, ph, pw):
+    N, C, H, W = x.shape
+    xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=np.float64)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    return xp
+
+
+def naive_conv_forward(x, w, b, stride, padding):
+    """y[n, f, oh, ow] = b[f] + sum_{c,i,j} w[f, c, i, j] * x_pad[n, c, oh*sh + i, ow*sw + j]."""
+    (sh, sw), (ph, pw) = stride, padding
+    N, C, H, W = x.shape
+    F, _, kh, kw = w.shape
+    xp = _pad(x, ph, pw)
+    Ho = (H + 2 * ph - kh) // sh + 1
+    Wo = (W + 2 * pw - kw) // sw + 1
+    y = np.zeros((N, F, Ho, Wo))
+    for n in range(N):
+        for f in range(F):
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    acc = b[f]
+                    for c in range(C):
+                        for i in range(kh):
+                            for j in range(kw):
+                                acc += w[f, c, i, j] * xp[n, c, oh * sh + i, ow * sw + j]
+                    y[n, f, oh, ow] = acc
+    return y
+
+
+def naive_conv_backward(x, w, dout, stride, padding):
+    """Each output element's gradient flows back to its window: dx_pad += g * w[f],
+    dw[f] += g * window, db[f] += g; then the padding is cropped off dx_pad."""
+    (sh, sw), (ph, pw) = stride, padding
+    N, C, H, W = x.shape
+    F, _, kh, kw = w.shape
+    xp = _pad(x, ph, pw)
+    dxp = np.zeros_like(xp)
+    dw = np.zeros(w.shape)
+    db = np.zeros(F)
+    _, _, Ho, Wo = dout.shape
+    for n in range(N):
+        for f in range(F):
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    g = dout[n, f, oh, ow]
+                    db[f] += g
+                    for c in range(C):
+                        for i in range(kh):
+                            for j in range(kw):
+                                h, v = oh * sh + i, ow * sw + j
+                                dw[f, c, i, j] += g * xp[n, c, h, v]
+                                dxp[n, c, h, v] += g * w[f, c, i, j]
+    return dxp[:, :, ph:ph + H, pw:pw + W], dw, db
+
+
+@st.composite
+def conv_cases(draw):
+    """(N, C_in, C_out, H, W, (kh, kw), (sh, sw), (ph, pw)) with a valid output size."""
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    H = draw(st.integers(max(1, kh - 2 * ph), 7))
+    W = draw(st.integers(max(1, kw - 2 * pw), 7))
+    N, C, F = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return N, C, F, H, W, (kh, kw), (sh, sw), (ph, pw), seed
+
+
+def _layer64(C, F, k, s, p, rng):
+    layer = Conv2D(C, F, k, stride=s, padding=p).astype(np.float64)
+    layer.params["W"][...] = rng.standard_normal(layer.params["W"].shape)
+    layer.params["b"][...] = rng.standard_normal(F)
+    return layer
+
+
+# --------------------------------------------------------- forward and backward
+@SETTINGS
+@given(conv_cases())
+def test_forward_matches_naive(case):
+    N, C, F, H, W, k, s, p, seed = case
+    rng = np.random.default_rng(seed)
+    layer = _layer64(C, F, k, s, p, rng)
+    x = rng.standard_normal((N, C, H, W))
+    y = layer.forward(x)
+    ref = naive_conv_forward(x, layer.params["W"], layer.params["b"], s, p)
+    assert y.dtype == np.float64
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(conv_cases())
+def test_backward_matches_naive(case):
+    N, C, F, H, W, k, s, p, seed = case
+    rng = np.random.default_rng(seed)
+    layer = _layer64(C, F, k, s, p, rng)
+    x = rng.standard_normal((N, C, H, W))
+    y = layer.forward(x)
+    dout = rng.standard_normal(y.shape)
+    dx = layer.backward(dout)
+    rdx, rdw, rdb = naive_conv_backward(x, layer.params["W"], dout, s, p)
+    assert dx.shape == x.shape and dx.dtype == np.float64
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], rdw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["b"], rdb, rtol=1e-12, atol=1e-12)
+
+
+def test_naive_reference_sanity():
+    """The reference itself on a hand-computed case: 1x1 input channel,
+    2x2 kernel of ones, padding 1 -> every output is the sum of its window."""
+    x = np.arange(4.0).reshape(1, 1, 2, 2)          # [[0, 1], [2, 3]]
+    w = np.ones((1, 1, 2, 2))
+    y = naive_conv_forward(x, w, np.array([0.5]), (1, 1), (1, 1))
+    np.testing.assert_array_equal(y[0, 0], [[0.5, 1.5, 1.5], [2.5, 6.5, 4.5], [2.5, 5.5, 3.5]])
+
+
+@pytest.mark.parametrize("k, s, p, hw", [
+    (3, 1, 1, (5, 6)),
+    ((2, 3), 2, (1, 0), (7, 6)),
+    (3, 3, 2, (4, 4)),          # stride == kernel: every input pixel in exactly one window
+    (1, 2, 0, (5, 5)),          # stride > kernel: some pixels in no window -> dx exactly 0 there
+])
+def test_check_gradients(k, s, p, hw):
+    rng = np.random.default_rng(0)
+    minicnn.manual_seed(0)
+    layer = Conv2D(2, 3, k, stride=s, padding=p)
+    result = check_gradients(layer, tie_free((2, 2) + hw, rng))
+    assert result.passed, result.errors
+    assert set(result.errors) == {"x", "W", "b"}
+
+
+# ------------------------------------------------- parallel == serial, bit for bit
+@pytest.fixture(scope="module")
+def serial():
+    return {name: njit(parallel=False)(getattr(K, "_" + name))
+            for name in ("im2col", "col2im", "nchw_from_rows", "rows_from_nchw")}
+
+
+@settings(max_examples=20, deadline=None)
+@given(conv_cases())
+def test_parallel_kernels_equal_serial(serial, case):
+    N, C, F, H, W, (kh, kw), (sh, sw), (ph, pw), seed = case
+    rng = np.random.default_rng(seed)
+    Ho = (H + 2 * ph - kh) // sh + 1
+    Wo = (W + 2 * pw - kw) // sw + 1
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    rows, cols_n = C * kh * kw, N * Ho * Wo
+
+    # NaN-filled outputs: an entry a kernel forgets to write stays NaN and fails.
+    a, b = np.full((rows, cols_n), np.nan, np.float32), np.full((rows, cols_n), np.nan, np.float32)
+    K.im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, a)
+    serial["im2col"](x, kh, kw, sh, sw, ph, pw, Ho, Wo, b)
+    assert np.isfinite(a).all()
+    assert np.array_equal(a, b)
+
+    dcols = rng.standard_normal((rows, cols_n)).astype(np.float32)
+    a, b = np.full(x.shape, np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
+    K.col2im(dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, a)
+    serial["col2im"](dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, b)
+    assert np.isfinite(a).all()
+    assert np.array_equal(a, b)
+
+    P = Ho * Wo
+    y2d = rng.standard_normal((F, N * P)).astype(np.float32)
+    bias = rng.standard_normal(F).astype(np.float32)
+    a, b = np.full((N, F, P), np.nan, np.float32), np.full((N, F, P), np.nan, np.float32)
+    K.nchw_from_rows(y2d, bias, a)
+    serial["nchw_from_rows"](y2d, bias, b)
+    assert np.array_equal(a, b)
+    np.testing.assert_array_equal(a, y2d.reshape(F, N, P).transpose(1, 0, 2) + bias[None, :, None])
+
+    a, b = np.full((F, N * P), np.nan, np.float32), np.full((F, N * P), np.nan, np.float32)
+    K.rows_from_nchw(a_in := rng.standard_normal((N, F, P)).astype(np.float32), a)
+    serial["rows_from_nchw"](a_in, b)
+    assert np.array_equal(a, b)
+    np.testing.assert_array_equal(a, a_in.transpose(1, 0, 2).reshape(F, N * P))
+
+
+def test_im2col_layout_against_definition():
+    """cols[(c*kh + i)*kw + j, (n*Ho + oh)*Wo + ow] = x[n, c, oh*sh - ph + i, ow*sw - pw + j]."""
+    rng = np.random.default_rng(3)
+    N, C, H, W, kh, kw, sh, sw, ph, pw = 2, 2, 5, 4, 3, 2, 2, 1, 1, 1
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    x = rng.standard_normal((N, C, H, W))
+    cols = np.empty((C * kh * kw, N * Ho * Wo))
+    K.im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
+    for n in range(N):
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    for oh in range(Ho):
+                        for ow in range(Wo):
+                            h, w = oh * sh - ph + i, ow * sw - pw + j
+                            want = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else 0.0
+                            assert cols[(c * kh + i) * kw + j, (n * Ho + oh) * Wo + ow] == want
+
+
+# ------------------------------------------------------------------- dtypes
+def test_float32_by_default():
+    layer = Conv2D(2, 3, 3, padding=1)
+    assert layer.params["W"].dtype == np.float32 and layer.params["b"].dtype == np.float32
+    assert layer.grads["W"].dtype == np.float32 and layer.grads["b"].dtype == np.float32
+    for x in (np.ones((1, 2, 4, 4), np.float32), np.ones((1, 2, 4, 4), np.float64),
+              np.ones((1, 2, 4, 4), np.uint8)):
+        y = layer.forward(x)
+        assert y.dtype == np.float32
+        dx = layer.backward(np.ones(y.shape))
+        assert dx.dtype == np.float32
+
+
+def test_float64_after_astype():
+    rng = np.random.default_rng(0)
+    layer = Conv2D(2, 3, 3, padding=1)
+    W32 = layer.params["W"].copy()
+    assert layer.astype(np.float64) is layer
+    assert layer.params["W"].dtype == np.float64 and layer.params["b"].dtype == np.float64
+    assert layer.grads["W"].dtype == np.float64 and layer.grads["b"].dtype == np.float64
+    np.testing.assert_array_equal(layer.params["W"], W32)
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    y = layer.forward(x)
+    assert y.dtype == np.float64
+    # computed in float64 from the float32 input (not rounded through float32)
+    np.testing.assert_allclose(y, naive_conv_forward(x.astype(np.float64), layer.params["W"],
+                                                     layer.params["b"], (1, 1), (1, 1)), rtol=1e-12, atol=1e-12)
+    assert layer.backward(rng.standard_normal(y.shape)).dtype == np.float64
+    with pytest.raises(TypeError, match="float32 or float64"):
+        layer.astype(np.int32)
+
+
+# -------------------------------------------------------------- initialisation
+def test_he_init_std():
+    """W ~ N(0, 2/fan_in).  With n i.i.d. normal weights of known mean 0,
+    n * mean(W^2) / sigma^2 ~ chi^2(n): mean n, sd sqrt(2n).  A 6-sd band
+    (false-failure probability ~1e-9) on the variance ratio, and a 6-sd band
+    on the mean (sd sigma / sqrt(n))."""
+    minicnn.manual_seed(1234)
+    layer = Conv2D(64, 64, 3)                 # n = 36,864 weights, fan_in = 576
+    W = layer.params["W"].astype(np.float64)
+    n, sigma2 = W.size, 2.0 / (64 * 9)
+    ratio = np.mean(W ** 2) / sigma2
+    assert abs(ratio - 1) < 6 * np.sqrt(2.0 / n), ratio
+    assert abs(W.mean()) < 6 * np.sqrt(sigma2 / n)
+    # a wrong fan-in (e.g. C_out*kh*kw or C_in alone) would be far outside the band
+    assert abs(np.mean(W ** 2) / (2.0 / 64) - 1) > 0.5
+    np.testing.assert_array_equal(layer.params["b"], 0)
+
+
+def test_init_reproducible_from_manual_seed():
+    minicnn.manual_seed(7)
+    a = Conv2D(3, 4, 3)
+    minicnn.manual_seed(7)
+    b = Conv2D(3, 4, 3)
+    minicnn.manual_seed(8)
+    c = Conv2D(3, 4, 3)
+    np.testing.assert_array_equal(a.params["W"], b.params["W"])
+    assert not np.array_equal(a.params["W"], c.params["W"])
+
+
+# ------------------------------------------------------------------- errors
+def test_wrong_channel_count_names_layer_and_both_numbers():
+    layer = Conv2D(3, 4, 3, name="conv_in")
+    with pytest.raises(ValueError, match=r"conv_in.*expected 3 input channels.*with 2") as e:
+        layer.forward(np.zeros((1, 2, 5, 5)))
+    assert "(1, 2, 5, 5)" in str(e.value)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 5), (1, 1, 2, 5, 5), (5,)])
+def test_non_4d_input(shape):
+    with pytest.raises(ValueError, match=r"Conv2D.*4-D"):
+        Conv2D(1, 1, 3).forward(np.zeros(shape))
+
+
+def test_kernel_bigger_than_padded_input():
+    # 3 + 2*1 = 5: a 5x5 kernel fits exactly once, a 6x6 kernel does not.
+    assert Conv2D(1, 1, 5, padding=1).forward(np.zeros((1, 1, 3, 3))).shape == (1, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"Conv2D.*too small"):
+        Conv2D(1, 1, 6, padding=1).forward(np.zeros((1, 1, 3, 3)))
+    with pytest.raises(ValueError, match=r"Conv2D.*too small"):
+        Conv2D(1, 1, (1, 4)).forward(np.zeros((1, 1, 5, 3)))
+
+
+@pytest.mark.parametrize("kwargs, exc, name", [
+    (dict(in_channels=0, out_channels=1, kernel_size=3), ValueError, "in_channels"),
+    (dict(in_channels=1, out_channels=0, kernel_size=3), ValueError, "out_channels"),
+    (dict(in_channels=-1, out_channels=1, kernel_size=3), ValueError, "in_channels"),
+    (dict(in_channels=1.0, out_channels=1, kernel_size=3), ValueError, "in_channels"),
+    (dict(in_channels=1, out_channels=1, kernel_size=0), ValueError, "kernel_size"),
+    (dict(in_channels=1, out_channels=1, kernel_size=(3, 0)), ValueError, "kernel_size"),
+    (dict(in_channels=1, out_channels=1, kernel_size=3, stride=0), ValueError, "stride"),
+    (dict(in_channels=1, out_channels=1, kernel_size=3, padding=-1), ValueError, "padding"),
+    (dict(in_channels=1, out_channels=1, kernel_size="3"), TypeError, "kernel_size"),
+    (dict(in_channels=1, out_channels=1, kernel_size=(3, 3, 3)), TypeError, "kernel_size"),
+    (dict(in_channels=1, out_channels=1, kernel_size=3, stride=1.5), TypeError, "stride"),
+    (dict(in_channels=1, out_channels=1, kernel_size=True), TypeError, "kernel_size"),
+])
+def test_bad_constructor_args(kwargs, exc, name):
+    with pytest.raises(exc, match=name):
+        Conv2D(**kwargs)
+
+
+def test_backward_does_not_mutate_dout():
+    rng = np.random.default_rng(0)
+    layer = Conv2D(2, 3, 3, stride=2, padding=1)
+    y = layer.forward(rng.standard_normal((2, 2, 6, 6)))
+    for dout in (rng.standard_normal(y.shape).astype(np.float32), rng.standard_normal(y.shape)):
+        keep = dout.copy()
+        layer.backward(dout)
+        np.testing.assert_array_equal(dout, keep)
+
+
+def test_backward_before_forward():
+    with pytest.raises(RuntimeError, match="before forward"):
+        Conv2D(1, 1, 3).backward(np.zeros((1, 1, 1, 1)))
+
+
+def test_backward_wrong_dout_shape():
+    layer = Conv2D(1, 2, 3)
+    layer.forward(np.zeros((1, 1, 5, 5)))
+    with pytest.raises(ValueError, match=r"\(1, 2, 3, 3\)"):
+        layer.backward(np.zeros((1, 2, 3, 4)))
+
+
+# --------------------------------------------------------------- PyTorch oracle
+@pytest.mark.parametrize("N, C, F, H, W, k, s, p", [
+    (2, 3, 4, 7, 6, 3, 1, 1),
+    (2, 2, 3, 8, 9, (2, 3), (2, 1), (1, 0)),
+    (1, 1, 2, 5, 5, 5, 2, 2),
+    (3, 4, 2, 6, 6, 1, 3, 0),
+])
+def test_torch_oracle(N, C, F, H, W, k, s, p):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(42)
+    layer = _layer64(C, F, k, s, p, rng)
+    x = rng.standard_normal((N, C, H, W))
+    y = layer.forward(x)
+    dout = rng.standard_normal(y.shape)
+    dx = layer.backward(dout)
+
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(layer.params["W"], requires_grad=True)
+    tb = torch.tensor(layer.params["b"], requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=s, padding=p)
+    ty.backward(torch.tensor(dout))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(layer.grads["W"], tw.grad.numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(layer.grads["b"], tb.grad.numpy(), rtol=0, atol=1e-10)

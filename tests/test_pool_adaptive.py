@@ -1,0 +1,365 @@
+"""Adaptive, global and spatial-pyramid pooling against naive references and PyTorch."""
+import json
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from minicnn.gradcheck import check_gradients, tie_free
+from minicnn.kernels import adaptive as K
+from minicnn.layers.adaptive import (AdaptiveAvgPool2D, AdaptiveMaxPool2D, GlobalAvgPool2D,
+                                     GlobalMaxPool2D, SpatialPyramidPool2D)
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+# --------------------------------------------------------------- naive references
+def ref_bins(L, out):
+    """Bin i = [floor(i*L/out), ceil((i+1)*L/out)), with exact rational arithmetic."""
+    return [(math.floor(Fraction(i * L, out)), math.ceil(Fraction((i + 1) * L, out)))
+            for i in range(out)]
+
+
+def ref_avg(x, oh, ow):
+    N, C, H, W = x.shape
+    y = np.zeros((N, C, oh, ow))
+    for n in range(N):
+        for c in range(C):
+            for i, (h0, h1) in enumerate(ref_bins(H, oh)):
+                for j, (w0, w1) in enumerate(ref_bins(W, ow)):
+                    y[n, c, i, j] = x[n, c, h0:h1, w0:w1].mean()
+    return y
+
+
+def ref_avg_backward(x_shape, dout):
+    N, C, H, W = x_shape
+    oh, ow = dout.shape[2:]
+    dx = np.zeros(x_shape)
+    for n in range(N):
+        for c in range(C):
+            for i, (h0, h1) in enumerate(ref_bins(H, oh)):
+                for j, (w0, w1) in enumerate(ref_bins(W, ow)):
+                    dx[n, c, h0:h1, w0:w1] += dout[n, c, i, j] / ((h1 - h0) * (w1 - w0))
+    return dx
+
+
+def ref_max(x, oh, ow):
+    """Max and flat in-plane index of the first maximum (np.argmax: first occurrence)."""
+    N, C, H, W = x.shape
+    y = np.zeros((N, C, oh, ow))
+    idx = np.zeros((N, C, oh, ow), np.int64)
+    for n in range(N):
+        for c in range(C):
+            for i, (h0, h1) in enumerate(ref_bins(H, oh)):
+                for j, (w0, w1) in enumerate(ref_bins(W, ow)):
+                    win = x[n, c, h0:h1, w0:w1]
+                    k = int(np.argmax(win))
+                    h, w = h0 + k // (w1 - w0), w0 + k % (w1 - w0)
+                    y[n, c, i, j] = x[n, c, h, w]
+                    idx[n, c, i, j] = h * W + w
+    return y, idx
+
+
+def ref_index_backward(x_shape, dout, idx):
+    N, C, H, W = x_shape
+    dx = np.zeros((N, C, H * W))
+    for n in range(N):
+        for c in range(C):
+            for i in range(dout.shape[2]):
+                for j in range(dout.shape[3]):
+                    dx[n, c, idx[n, c, i, j]] += dout[n, c, i, j]
+    return dx.reshape(x_shape)
+
+
+@st.composite
+def adaptive_case(draw):
+    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    H, W = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    oh = draw(st.one_of(st.none(), st.integers(1, 2 * H)))
+    ow = draw(st.one_of(st.none(), st.integers(1, 2 * W)))
+    return (N, C, H, W), (oh, ow), draw(st.integers(0, 2**32 - 1))
+
+
+def resolve(size, H, W):
+    return (H if size[0] is None else size[0], W if size[1] is None else size[1])
+
+
+# --------------------------------------------------------------- bins
+@pytest.mark.parametrize("L,out,expected", [
+    (10, 3, [(0, 4), (3, 7), (6, 10)]),
+    (5, 3, [(0, 2), (1, 4), (3, 5)]),
+])
+def test_bins_known_cases(L, out, expected):
+    assert ref_bins(L, out) == expected
+    # the layer pools exactly these bins: probe each cell with a one-hot input
+    layer = AdaptiveAvgPool2D((out, 1))
+    for h in range(L):
+        x = np.zeros((1, 1, L, 1))
+        x[0, 0, h, 0] = 1.0
+        y = layer.forward(x)[0, 0, :, 0]
+        expect = [1.0 / (b - a) if a <= h < b else 0.0 for a, b in expected]
+        np.testing.assert_allclose(y, expect, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("L,out", [(10, 3), (5, 3), (224, 13), (7, 10), (13, 13)])
+def test_edge_sizes_match_floor_ceil_reference(L, out):
+    rng = np.random.default_rng(L * 100 + out)
+    x = rng.standard_normal((1, 2, L, L))
+    np.testing.assert_allclose(AdaptiveAvgPool2D(out).forward(x), ref_avg(x, out, out),
+                               rtol=1e-12, atol=1e-14)
+    y, idx = AdaptiveMaxPool2D(out, return_indices=True).forward(x)
+    ry, ridx = ref_max(x, out, out)
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(idx, ridx)
+
+
+# --------------------------------------------------------------- property tests
+@SETTINGS
+@given(adaptive_case())
+def test_avg_matches_reference(case):
+    shape, size, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    oh, ow = resolve(size, *shape[2:])
+    layer = AdaptiveAvgPool2D(size)
+    y = layer.forward(x)
+    assert y.shape == shape[:2] + (oh, ow) and y.dtype == np.float64
+    np.testing.assert_allclose(y, ref_avg(x, oh, ow), rtol=1e-12, atol=1e-14)
+    dout = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(layer.backward(dout), ref_avg_backward(shape, dout),
+                               rtol=1e-12, atol=1e-14)
+
+
+@SETTINGS
+@given(adaptive_case(), st.booleans())
+def test_max_matches_reference(case, with_ties):
+    shape, size, seed = case
+    rng = np.random.default_rng(seed)
+    # small integers give many ties: the first maximum in row-major order must win
+    x = rng.integers(0, 3, shape).astype(np.float64) if with_ties else rng.standard_normal(shape)
+    oh, ow = resolve(size, *shape[2:])
+    layer = AdaptiveMaxPool2D(size, return_indices=True)
+    y, idx = layer.forward(x)
+    ry, ridx = ref_max(x, oh, ow)
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(idx, ridx)
+    dout = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(layer.backward(dout), ref_index_backward(shape, dout, ridx),
+                               rtol=1e-12, atol=1e-14)
+
+
+@SETTINGS
+@given(adaptive_case())
+def test_global_pools_match_numpy(case):
+    shape, _, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    N, C, H, W = shape
+    dout = rng.standard_normal((N, C))
+    g = GlobalAvgPool2D()
+    np.testing.assert_allclose(g.forward(x), x.mean(axis=(2, 3)), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(g.backward(dout),
+                               np.broadcast_to(dout[:, :, None, None] / (H * W), shape),
+                               rtol=1e-12, atol=1e-15)
+    m = GlobalMaxPool2D()
+    np.testing.assert_array_equal(m.forward(x), x.max(axis=(2, 3)))
+    flat = x.reshape(N, C, H * W)
+    expect = np.zeros_like(flat)
+    np.put_along_axis(expect, flat.argmax(axis=2)[:, :, None], dout[:, :, None], axis=2)
+    np.testing.assert_array_equal(m.backward(dout), expect.reshape(shape))
+
+
+# --------------------------------------------------------------- special values
+def test_max_nan_propagates_and_ties_pick_first():
+    x = np.array([[[[1.0, np.nan, 3.0, 3.0],
+                    [3.0, 0.0, 2.0, 1.0]]]])
+    y, idx = AdaptiveMaxPool2D((1, 2), return_indices=True).forward(x)
+    assert np.isnan(y[0, 0, 0, 0]) and y[0, 0, 0, 1] == 3.0
+    assert idx[0, 0, 0, 0] == 1          # the NaN
+    assert idx[0, 0, 0, 1] == 2          # first 3.0 in row-major order (not 3)
+    x = np.full((1, 1, 2, 2), -np.inf)
+    y, idx = AdaptiveMaxPool2D(1, return_indices=True).forward(x)
+    assert y[0, 0, 0, 0] == -np.inf and idx[0, 0, 0, 0] == 0
+
+
+# --------------------------------------------------------------- parallel == serial
+SERIAL = {name: njit(parallel=False)(getattr(K, "_" + name)) for name in (
+    "adaptive_avg_forward", "adaptive_avg_backward", "adaptive_max_forward", "argmax_backward")}
+
+
+@pytest.mark.parametrize("shape,out", [((3, 5, 17, 11), (5, 4)), ((2, 3, 6, 9), (13, 2))])
+def test_parallel_equals_serial_float32(shape, out):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    N, C, H, W = shape
+    dout = rng.standard_normal((N, C) + out).astype(np.float32)
+    results = []
+    for get in (lambda name: getattr(K, name), SERIAL.__getitem__):
+        ya = np.empty((N, C) + out, np.float32)
+        get("adaptive_avg_forward")(x, ya)
+        dxa = np.empty(shape, np.float32)
+        get("adaptive_avg_backward")(dout, dxa)
+        ym = np.empty((N, C) + out, np.float32)
+        am = np.empty((N, C) + out, np.int64)
+        get("adaptive_max_forward")(x, ym, am)
+        dxm = np.empty(shape, np.float32)
+        get("argmax_backward")(dout, am, dxm)
+        results.append((ya, dxa, ym, am, dxm))
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------- gradient checks
+def _grad_layers():
+    return [AdaptiveAvgPool2D((3, 4)), AdaptiveAvgPool2D((None, 2)), AdaptiveMaxPool2D((3, 4)),
+            AdaptiveMaxPool2D((7, 5)), GlobalAvgPool2D(), GlobalMaxPool2D(),
+            SpatialPyramidPool2D((1, 2, 4), "max"), SpatialPyramidPool2D((1, 2, 4), "avg"),
+            SpatialPyramidPool2D((3, 1), "max")]
+
+
+@pytest.mark.parametrize("layer", _grad_layers(), ids=repr)
+def test_gradients(layer):
+    rng = np.random.default_rng(1)
+    x = tie_free((2, 2, 5, 7), rng)
+    result = check_gradients(layer, x, seed=2)
+    assert result.passed, result.errors
+
+
+def test_gradcheck_catches_wrong_backward():
+    """Negative control: a backward that misroutes one gradient must fail."""
+    layer = AdaptiveMaxPool2D(2)
+    good = layer.backward
+    layer.backward = lambda dout: np.roll(good(dout), 1, axis=-1)
+    x = tie_free((1, 1, 4, 4), np.random.default_rng(3))
+    assert not check_gradients(layer, x).passed
+
+
+# --------------------------------------------------------------- spatial pyramid
+@pytest.mark.parametrize("hw", [(4, 4), (28, 28), (33, 40), (4, 9)])
+@pytest.mark.parametrize("mode", ["max", "avg"])
+def test_spp_gives_21_features_per_channel(hw, mode):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3) + hw)
+    layer = SpatialPyramidPool2D((1, 2, 4), mode)
+    y = layer.forward(x)
+    assert y.shape == (2, 21 * 3)
+    # ordering: level by level, each level flattened channel-major
+    pieces = [(ref_max(x, v, v)[0] if mode == "max" else ref_avg(x, v, v)).reshape(2, -1)
+              for v in (1, 2, 4)]
+    np.testing.assert_allclose(y, np.concatenate(pieces, axis=1), rtol=1e-12, atol=1e-14)
+    # backward: the sum of each level's adaptive backward
+    dout = rng.standard_normal(y.shape)
+    expect = np.zeros(x.shape)
+    start = 0
+    for v in (1, 2, 4):
+        d = dout[:, start:start + 3 * v * v].reshape(2, 3, v, v)
+        start += 3 * v * v
+        expect += (ref_index_backward(x.shape, d, ref_max(x, v, v)[1]) if mode == "max"
+                   else ref_avg_backward(x.shape, d))
+    np.testing.assert_allclose(layer.backward(dout), expect, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("hw", [(3, 3), (3, 10), (10, 2)])
+def test_spp_rejects_input_below_largest_level(hw):
+    with pytest.raises(ValueError) as err:
+        SpatialPyramidPool2D((1, 2, 4)).forward(np.zeros((1, 1) + hw))
+    msg = str(err.value)
+    assert "SpatialPyramidPool2D" in msg and "(1, 2, 4)" in msg and str(hw) in msg
+
+
+def test_spp_validation():
+    with pytest.raises(ValueError, match="mode"):
+        SpatialPyramidPool2D(mode="min")
+    with pytest.raises(ValueError, match="levels"):
+        SpatialPyramidPool2D(levels=(1, 0))
+    with pytest.raises(ValueError, match="levels"):
+        SpatialPyramidPool2D(levels=())
+    with pytest.raises(TypeError, match="levels"):
+        SpatialPyramidPool2D(levels=2)
+    assert SpatialPyramidPool2D((1, 3)).features_per_channel == 10
+
+
+# --------------------------------------------------------------- API details
+@pytest.mark.parametrize("cls", [AdaptiveAvgPool2D, AdaptiveMaxPool2D])
+def test_output_size_validation(cls):
+    for bad in (0, -1, (2, 0), (None, -3)):
+        with pytest.raises(ValueError, match=f"{cls.__name__}: output_size"):
+            cls(bad)
+    for bad in (2.0, (1, 2, 3), "3", (1.5, None), True):
+        with pytest.raises(TypeError, match=f"{cls.__name__}: output_size"):
+            cls(bad)
+
+
+def test_none_keeps_input_dimension():
+    x = np.random.default_rng(5).standard_normal((1, 2, 6, 9))
+    assert AdaptiveAvgPool2D((None, 4)).forward(x).shape == (1, 2, 6, 4)
+    assert AdaptiveMaxPool2D((3, None)).forward(x).shape == (1, 2, 3, 9)
+    np.testing.assert_allclose(AdaptiveAvgPool2D((None, None)).forward(x), x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layer", _grad_layers(), ids=repr)
+def test_config_round_trip_and_dtypes(layer):
+    rebuilt = type(layer)(**json.loads(json.dumps(layer.config())))
+    assert rebuilt.config() == layer.config()
+    x = np.random.default_rng(6).standard_normal((2, 2, 6, 5))
+    y32 = rebuilt.forward(x.astype(np.float32))
+    assert y32.dtype == np.float32
+    assert rebuilt.backward(np.ones_like(y32)).dtype == np.float32
+    assert rebuilt.forward((x > 0).astype(np.int64)).dtype == np.float32
+    np.testing.assert_allclose(y32, rebuilt.forward(x), rtol=1e-6, atol=1e-6)
+
+
+def test_backward_checks():
+    layer = GlobalAvgPool2D()
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(np.zeros((1, 1)))
+    layer.forward(np.zeros((2, 3, 4, 4)))
+    with pytest.raises(ValueError, match=r"\(2, 3\)"):
+        layer.backward(np.zeros((2, 3, 1, 1)))
+    with pytest.raises(ValueError, match="4-D"):
+        layer.forward(np.zeros((3, 4, 4)))
+
+
+# --------------------------------------------------------------- PyTorch oracle
+@pytest.mark.parametrize("shape,size", [
+    ((2, 3, 10, 7), (3, 4)), ((1, 2, 13, 13), (5, None)), ((2, 1, 5, 9), (7, 11)),
+    ((1, 2, 224, 224), 13), ((3, 2, 8, 8), 1)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matches_torch(shape, size, dtype):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    tsize = size if isinstance(size, int) else tuple(size)
+    for mode in ("avg", "max"):
+        xt = torch.tensor(x, requires_grad=True)
+        if mode == "avg":
+            layer = AdaptiveAvgPool2D(size)
+            y = layer.forward(x)
+            yt = F.adaptive_avg_pool2d(xt, tsize)
+        else:
+            layer = AdaptiveMaxPool2D(size, return_indices=True)
+            y, idx = layer.forward(x)
+            yt, it = F.adaptive_max_pool2d(xt, tsize, return_indices=True)
+            np.testing.assert_array_equal(idx, it.numpy())
+        np.testing.assert_allclose(y, yt.detach().numpy(), **tol)
+        dout = rng.standard_normal(y.shape).astype(dtype)
+        yt.backward(torch.tensor(dout))
+        np.testing.assert_allclose(layer.backward(dout), xt.grad.numpy(), **tol)
+
+
+def test_nan_index_matches_torch():
+    torch = pytest.importorskip("torch")
+    # bin 0 holds NaNs at flat indices 0, 1 and 5: PyTorch reports the last one
+    x = np.array([[[[np.nan, np.nan, 1.0, 2.0], [0.0, np.nan, 1.0, 1.0]]]])
+    y, idx = AdaptiveMaxPool2D((1, 2), return_indices=True).forward(x)
+    yt, it = torch.nn.functional.adaptive_max_pool2d(torch.tensor(x), (1, 2), return_indices=True)
+    np.testing.assert_array_equal(y, yt.numpy())
+    np.testing.assert_array_equal(idx, it.numpy())
+    assert idx[0, 0, 0, 0] == 5 and idx[0, 0, 0, 1] == 3
