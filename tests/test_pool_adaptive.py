@@ -314,6 +314,12 @@ def test_config_round_trip_and_dtypes(layer):
     np.testing.assert_allclose(y32, rebuilt.forward(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("layer", _grad_layers()[:6], ids=repr)
+def test_empty_plane_rejected(layer):
+    with pytest.raises(ValueError, match="non-empty"):
+        layer.forward(np.zeros((1, 2, 0, 3)))
+
+
 def test_backward_checks():
     layer = GlobalAvgPool2D()
     with pytest.raises(RuntimeError, match="before forward"):

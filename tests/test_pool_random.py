@@ -75,7 +75,8 @@ def ref_intervals(u, L, out, k):
 
 
 def ref_fractional(x, samples, k, out):
-    """Max and first-maximum index over windows from the samples (u[...,0] width, [...,1] height)."""
+    """Max and first-maximum index over windows built from the samples
+    (u[..., 0] for the width, u[..., 1] for the height, PyTorch's layout)."""
     N, C, H, W = x.shape
     y = np.zeros((N, C) + out)
     idx = np.zeros((N, C) + out, np.int64)

@@ -15,8 +15,6 @@ iteration reads and writes only its own plane.
 import numpy as np
 from numba import njit, prange
 
-from minicnn.kernels.adaptive import argmax_backward  # noqa: F401  (re-exported)
-
 
 # ------------------------------------------------------------ stochastic pooling
 # Window (i, j) covers rows [i*sh, i*sh + kh) and columns [j*sw, j*sw + kw)

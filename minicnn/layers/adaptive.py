@@ -38,7 +38,8 @@ def adaptive_output_size(value, layer: str) -> tuple:
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(ok(v) for v in value):
         hw = tuple(None if v is None else int(v) for v in value)
     else:
-        raise TypeError(f"{layer}: output_size must be an int or a pair of ints/None, got {value!r}")
+        raise TypeError(f"{layer}: output_size must be an int or a pair of ints/None, "
+                        f"got {value!r}")
     if any(v is not None and v <= 0 for v in hw):
         raise ValueError(f"{layer}: output_size must be > 0, got {value!r}")
     return hw
@@ -47,6 +48,13 @@ def adaptive_output_size(value, layer: str) -> tuple:
 def _resolve(hw, H, W):
     """Replace ``None`` entries of an output size by the input size."""
     return (H if hw[0] is None else hw[0], W if hw[1] is None else hw[1])
+
+
+def _check_nonempty(layer, x):
+    """Every bin must hold a cell: H, W >= 1 (PyTorch raises too)."""
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{layer}: input spatial size must be non-empty, got shape {x.shape}")
+    return x
 
 
 def _avg(x, oh, ow):
@@ -91,7 +99,7 @@ class AdaptiveAvgPool2D(Layer):
         return {"output_size": list(self.output_size)}
 
     def forward(self, x):
-        x = self._as_input(x, 4)
+        x = _check_nonempty(self.name, self._as_input(x, 4))
         oh, ow = _resolve(self.output_size, *x.shape[2:])
         self._x_shape, self._dtype_used = x.shape, x.dtype
         return _avg(x, oh, ow)
@@ -126,7 +134,7 @@ class AdaptiveMaxPool2D(Layer):
         return {"output_size": list(self.output_size), "return_indices": self.return_indices}
 
     def forward(self, x):
-        x = self._as_input(x, 4)
+        x = _check_nonempty(self.name, self._as_input(x, 4))
         oh, ow = _resolve(self.output_size, *x.shape[2:])
         y, self._argmax = _max(x, oh, ow)
         self._x_shape, self._dtype_used = x.shape, x.dtype
@@ -150,7 +158,7 @@ class GlobalAvgPool2D(Layer):
         self._x_shape = None
 
     def forward(self, x):
-        x = self._as_input(x, 4)
+        x = _check_nonempty(self.name, self._as_input(x, 4))
         self._x_shape, self._dtype_used = x.shape, x.dtype
         return _avg(x, 1, 1).reshape(x.shape[:2])
 
@@ -174,7 +182,7 @@ class GlobalMaxPool2D(Layer):
         self._argmax = None
 
     def forward(self, x):
-        x = self._as_input(x, 4)
+        x = _check_nonempty(self.name, self._as_input(x, 4))
         y, self._argmax = _max(x, 1, 1)
         self._x_shape, self._dtype_used = x.shape, x.dtype
         return y.reshape(x.shape[:2])
@@ -226,7 +234,7 @@ class SpatialPyramidPool2D(Layer):
         return sum(v * v for v in self.levels)
 
     def forward(self, x):
-        x = self._as_input(x, 4)
+        x = _check_nonempty(self.name, self._as_input(x, 4))
         N, C, H, W = x.shape
         top = max(self.levels)
         if H < top or W < top:
