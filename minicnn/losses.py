@@ -28,7 +28,7 @@ class SoftmaxCrossEntropy:
         labels = np.asarray(labels)
         if logits.ndim != 2:
             raise ValueError(f"{self.name}: expected logits of shape (N, K), got {logits.shape}")
-        if logits.dtype.kind != "f":
+        if logits.dtype not in (np.float32, np.float64):   # ints, float16: the float32 rule
             logits = logits.astype(np.float32)
         if labels.shape != (logits.shape[0],):
             raise ValueError(f"{self.name}: expected labels of shape ({logits.shape[0]},), got {labels.shape}")

@@ -15,6 +15,8 @@ case of a chain.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from minicnn.layers.base import Layer
@@ -48,22 +50,30 @@ class _Graph:
     _output: Node
 
     def _name_layers(self):
-        seen, counts = set(), {}
-        for node in self._nodes[1:]:
-            layer = node.layer
-            if id(layer) in seen:
-                raise ValueError(f"{self.name}: layer {layer.name} is used twice; "
-                                 "minicnn layers cache their own activations, so create a new layer")
-            seen.add(id(layer))
+        """Give every layer a unique name, Keras style: a layer left with its
+        default name (its class name) becomes ``conv2d``, ``conv2d_1``, ...,
+        skipping names chosen explicitly."""
+        layers = [n.layer for n in self._nodes[1:]]
+        if len({id(l) for l in layers}) != len(layers):
+            raise ValueError(f"{self.name}: a layer object is used twice; minicnn layers cache "
+                             "their own activations, so create a new layer")
+        explicit = [l.name for l in layers if l.name != type(l).__name__]
+        dup = sorted({n for n in explicit if explicit.count(n) > 1})
+        if dup:
+            raise ValueError(f"{self.name}: layer names must be unique, repeated: {dup}")
+        taken, counts = set(explicit), {}
+        for layer in layers:
+            if layer.name != type(layer).__name__:
+                continue
             base = type(layer).__name__.lower()
-            if layer.name == type(layer).__name__:  # default name: make unique, Keras style
+            while True:
                 k = counts.get(base, 0)
                 counts[base] = k + 1
-                layer.name = base if k == 0 else f"{base}_{k}"
-        names = [n.layer.name for n in self._nodes[1:]]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"{self.name}: layer names must be unique, repeated: {sorted(dup)}")
+                name = base if k == 0 else f"{base}_{k}"
+                if name not in taken:
+                    break
+            layer.name = name
+            taken.add(name)
 
     @property
     def layers(self) -> list[Layer]:
@@ -142,20 +152,15 @@ class _Graph:
 
     # ------------------------------------------------------------ summary
     def output_shapes(self, input_shape) -> dict[str, tuple]:
-        """Shape (without batch) after every layer, found by running one
-        zero sample through the model in eval mode."""
-        was_training = [layer.training for layer in self.layers]
-        self.eval()
-        try:
-            values = {id(self._input): np.zeros((1,) + tuple(input_shape), np.float32)}
-            shapes = {}
-            for node in self._nodes[1:]:
-                out = node.layer.forward(*[values[id(i)] for i in node.inputs])
-                values[id(node)] = out
-                shapes[node.layer.name] = out.shape[1:]
-        finally:
-            for layer, t in zip(self.layers, was_training):
-                layer.training = t
+        """Shape (without batch) after every layer, found by running one zero
+        sample through a copy of the model in eval mode (the model's own
+        caches, e.g. of a pending backward, are left untouched)."""
+        probe = copy.deepcopy(self).eval()
+        values = {id(probe._input): np.zeros((1,) + tuple(input_shape), np.float32)}
+        shapes = {}
+        for node in probe._nodes[1:]:
+            values[id(node)] = node.layer.forward(*[values[id(i)] for i in node.inputs])
+            shapes[node.layer.name] = values[id(node)].shape[1:]
         return shapes
 
     def summary(self, input_shape=None) -> str:

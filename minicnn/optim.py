@@ -134,7 +134,15 @@ class OneCycleLR:
     The learning rate rises from ``max_lr / div_factor`` to ``max_lr`` over
     the first ``pct_start`` of ``total_steps``, then anneals to
     ``max_lr / (div_factor * final_div_factor)``.  Call ``step()`` after
-    each optimiser step.
+    each optimiser step.  Step t (0-based) uses, as torch's OneCycleLR::
+
+        up = pct_start * total_steps - 1;   down = total_steps - 1
+        t <= up:  cos_anneal(initial, max_lr, t / up)
+        t >  up:  cos_anneal(max_lr, final, (t - up) / (down - up))
+        cos_anneal(a, b, f) = b + (a - b) * (1 + cos(pi f)) / 2
+
+    so the last of the ``total_steps`` steps runs at the final lr.  Steps
+    past ``total_steps`` stay at the final lr (torch raises instead).
     """
 
     def __init__(self, optimizer: Optimizer, max_lr: float, total_steps: int,
@@ -143,21 +151,26 @@ class OneCycleLR:
             raise ValueError(f"OneCycleLR: total_steps must be >= 1, got {total_steps}")
         if not 0 < pct_start < 1:
             raise ValueError(f"OneCycleLR: pct_start must be in (0, 1), got {pct_start}")
+        for name, v in (("max_lr", max_lr), ("div_factor", div_factor), ("final_div_factor", final_div_factor)):
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"OneCycleLR: {name} must be a positive finite number, got {v!r}")
         self.optimizer = optimizer
         self.max_lr = float(max_lr)
         self.total_steps = int(total_steps)
         self.initial = max_lr / div_factor
         self.final = self.initial / final_div_factor
-        self.warm = max(1, int(pct_start * total_steps))
+        self.end_up = float(pct_start * total_steps) - 1
+        self.end_down = float(total_steps - 1)
         self.t = 0
         optimizer.lr = self.lr_at(0)
 
     def lr_at(self, t: int) -> float:
         def cos(a, b, frac):
             return b + (a - b) * (1 + math.cos(math.pi * frac)) / 2
-        if t <= self.warm:
-            return cos(self.initial, self.max_lr, t / self.warm)
-        frac = min(1.0, (t - self.warm) / max(1, self.total_steps - self.warm))
+        if t <= self.end_up:
+            return cos(self.initial, self.max_lr, t / self.end_up) if self.end_up > 0 else self.initial
+        span = self.end_down - self.end_up
+        frac = min(1.0, (t - self.end_up) / span) if span > 0 else 1.0
         return cos(self.max_lr, self.final, frac)
 
     def step(self):

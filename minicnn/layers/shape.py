@@ -21,7 +21,7 @@ class Flatten(Layer):
     def forward(self, x):
         x = self._as_input(x, (2, 3, 4, 5))
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
 
     def backward(self, dout):
         self._need_forward("_shape")
