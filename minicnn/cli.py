@@ -4,6 +4,7 @@
     minicnn evaluate   --load PATH
     minicnn summary    --model NAME
     minicnn gradcheck  [--layers NAME ...]
+    minicnn study      [--quick] [--seeds N] [--epochs N] [--variants a,b] [--run-dir DIR] ...
 
 Invalid flags or values exit with status 2 and an argparse message; known
 failures (missing data, bad checkpoint, NaN in training) print one clear
@@ -103,7 +104,43 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gradcheck", help="check every backward pass against finite differences")
     g.add_argument("--layers", nargs="*", metavar="NAME", help="only these cases (default: all)")
     g.add_argument("--seed", type=_nonneg_int, default=0)
+
+    st = sub.add_parser("study", help="the pooling study: train variants, measure, report",
+                        description="Train the pooling variants of one backbone on MNIST with the same "
+                                    "seeds, optimiser, epochs and data order; print a Markdown table and "
+                                    "write report.md, results.json, results.csv and PNGs into the run folder. "
+                                    "Rerunning into the same --run-dir skips the runs already complete.")
+    st.add_argument("--quick", action="store_true",
+                    help="5,000 training images, 1 epoch, 1 seed, 2,000 test images (500 for shifts)")
+    st.add_argument("--seeds", type=_positive_int, metavar="N",
+                    help="seeds 0..N-1 per variant (default 3; 1 with --quick; >= 3 in the full mode)")
+    st.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs (default 2; 1 with --quick)")
+    st.add_argument("--limit-train", type=_positive_int, metavar="N", help="train on the first N images")
+    st.add_argument("--limit-test", type=_positive_int, metavar="N", help="test on the first N images")
+    st.add_argument("--limit-shift", type=_positive_int, metavar="N",
+                    help="shift / canvas tests on the first N test images (default: all tested)")
+    st.add_argument("--lr", type=_positive_float, help="peak learning rate of the one-cycle Adam (default 2e-3)")
+    st.add_argument("--variants", type=_variant_list, metavar="a,b,...",
+                    help="comma-separated subset of: " + ", ".join(_study_variants()))
+    st.add_argument("--run-dir", metavar="DIR", help="run folder (default runs/<timestamp>); reuse to resume")
+    st.add_argument("--data-dir", help="folder holding the MNIST IDX files (default: $MINICNN_DATA, then the cache)")
+    st.add_argument("--no-plots", action="store_true", help="do not write the PNGs")
+    st.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def _study_variants():
+    from minicnn.study.variants import VARIANTS
+    return list(VARIANTS)
+
+
+def _variant_list(text):
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in _study_variants()]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown) or repr(text)}; "
+                                         f"choose from: {', '.join(_study_variants())}")
+    return tuple(dict.fromkeys(names))
 
 
 # ----------------------------------------------------------------- commands
@@ -200,8 +237,28 @@ def cmd_gradcheck(args) -> int:
     return 0 if run_cases(args.layers, seed=args.seed) else 1
 
 
+def cmd_study(args) -> int:
+    from minicnn.study import StudyConfig, StudyError, run_study
+
+    if not args.quick and args.seeds is not None and args.seeds < 3:
+        print("minicnn study: error: the full mode needs --seeds >= 3 (use --quick for fewer)", file=sys.stderr)
+        return 2
+    flags = {"seeds": args.seeds, "epochs": args.epochs, "limit_train": args.limit_train,
+             "limit_test": args.limit_test, "limit_shift": args.limit_shift, "lr": args.lr,
+             "variants": args.variants}
+    try:
+        cfg = StudyConfig.quick_mode(**flags) if args.quick else \
+            StudyConfig(**{k: v for k, v in flags.items() if v is not None})
+        run_study(cfg, run_dir=args.run_dir, data_dir=args.data_dir, plots=not args.no_plots,
+                  progress=not args.no_progress)
+    except StudyError as e:
+        print(f"minicnn study: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary,
-            "gradcheck": cmd_gradcheck}
+            "gradcheck": cmd_gradcheck, "study": cmd_study}
 
 
 def main(argv=None) -> int:

@@ -328,8 +328,8 @@ def test_model_graph_errors():
 
 
 def test_summary_between_forward_and_backward_leaves_caches_alone():
-    mc.manual_seed(0)
-    model = mc.Sequential([mc.Conv2D(1, 2, 3, padding=1), mc.ReLU(), mc.Flatten(), mc.Dense(2 * 16, 3)],
+    minicnn.manual_seed(0)
+    model = minicnn.Sequential([minicnn.Conv2D(1, 2, 3, padding=1), minicnn.ReLU(), minicnn.Flatten(), minicnn.Dense(2 * 16, 3)],
                           input_shape=(1, 4, 4))
     x = np.random.default_rng(0).standard_normal((5, 1, 4, 4)).astype(np.float32)
     y = model.forward(x)
@@ -339,5 +339,5 @@ def test_summary_between_forward_and_backward_leaves_caches_alone():
 
 
 def test_explicit_name_does_not_block_automatic_names():
-    model = mc.Sequential([mc.Conv2D(1, 1, 1), mc.Conv2D(1, 1, 1, name="conv2d"), mc.Conv2D(1, 1, 1)])
+    model = minicnn.Sequential([minicnn.Conv2D(1, 1, 1), minicnn.Conv2D(1, 1, 1, name="conv2d"), minicnn.Conv2D(1, 1, 1)])
     assert [l.name for l in model.layers] == ["conv2d_1", "conv2d", "conv2d_2"]

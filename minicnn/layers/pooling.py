@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numba
 import numpy as np
 
 from minicnn.kernels import pooling as K
@@ -31,6 +32,24 @@ __all__ = ["MaxPool2D", "MaxUnpool2D", "AvgPool2D", "LPPool2D", "MixedPool2D"]
 
 
 # ---------------------------------------------------------------- helpers
+# Waking Numba's thread pool costs tens of microseconds on an idle machine and
+# milliseconds when the cores are busy; below this many elements a kernel runs
+# on the calling thread alone (same code, same result bit for bit).
+PARALLEL_MIN_SIZE = 1 << 15
+
+
+def _run(kernel, *args):
+    """Call a plane-parallel kernel (first and last arguments are arrays)."""
+    if max(args[0].size, args[-1].size) >= PARALLEL_MIN_SIZE:
+        return kernel(*args)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
+
+
 def _window(layer, kernel_size, stride, padding, dilation=1, max_padding="half"):
     """Parse and validate (kernel, stride, padding, dilation) as (h, w) pairs;
     ``stride=None`` means ``stride = kernel_size`` (PyTorch's default)."""
@@ -88,9 +107,9 @@ def _maxpool(xp, k, s, p, d, out, argmax):
     every window is full (same result bit for bit)."""
     full = 2 * out.shape[1] <= xp.shape[1] and 2 * out.shape[2] <= xp.shape[2]
     if k == (2, 2) and s == (2, 2) and p == (0, 0) and d == (1, 1) and full:
-        K.maxpool2d_2x2_forward(xp, out, argmax)
+        _run(K.maxpool2d_2x2_forward, xp, out, argmax)
     else:
-        K.maxpool2d_forward(xp, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], out, argmax)
+        _run(K.maxpool2d_forward, xp, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], out, argmax)
 
 
 # -------------------------------------------------------------------- max
@@ -144,7 +163,7 @@ class MaxPool2D(_Pool):
         """dout: (N, C, H_out, W_out) -> dx: (N, C, H, W); ``dx[argmax] += dout``."""
         d = self._dout(dout)
         dx = self._new_dx()
-        K.maxpool2d_backward(d, self._argmax, dx)
+        _run(K.maxpool2d_backward, d, self._argmax, dx)
         return dx.reshape(self._x_shape)
 
 
@@ -171,6 +190,13 @@ class MaxUnpool2D(_Pool):
 
     def config(self):
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
+    def __call__(self, *inputs, output_size=None):
+        """``unpool(x, indices, output_size=...)`` as in PyTorch (Layer.__call__
+        takes no keywords); graph wiring with nodes is unchanged."""
+        if output_size is None:
+            return super().__call__(*inputs)
+        return self.forward(*inputs, output_size=output_size)
 
     def _output_hw(self, hw, output_size):
         default = tuple((L - 1) * s - 2 * p + k for L, k, s, p in
@@ -214,7 +240,7 @@ class MaxUnpool2D(_Pool):
                 raise ValueError(f"{self.name}: indices must lie in [0, {Ho * Wo}) for output size "
                                  f"({Ho}, {Wo}), found index {bad}")
         y = np.empty((N * C, Ho, Wo), x.dtype)
-        K.maxunpool2d_forward(_planes(x), idx, y)
+        _run(K.maxunpool2d_forward, _planes(x), idx, y)
         self._indices = idx
         self._remember(x, (Ho, Wo))
         return y.reshape(N, C, Ho, Wo)
@@ -223,7 +249,7 @@ class MaxUnpool2D(_Pool):
         """dout: (N, C, H_out, W_out) -> dx: (N, C, H_in, W_in); ``dx = dout.flat[indices]``."""
         d = self._dout(dout)
         dx = self._new_dx()
-        K.maxunpool2d_backward(d, self._indices, dx)
+        _run(K.maxunpool2d_backward, d, self._indices, dx)
         return dx.reshape(self._x_shape)
 
 
@@ -273,7 +299,7 @@ class AvgPool2D(_Pool):
         Ho, Wo = window_output_shape(self.name, (H, W), self.kernel_size, self.stride,
                                      self.padding, ceil_mode=self.ceil_mode)
         y = np.empty((N * C, Ho, Wo), x.dtype)
-        K.avgpool2d_forward(_planes(x), *self._args(), y)
+        _run(K.avgpool2d_forward, _planes(x), *self._args(), y)
         self._remember(x, (Ho, Wo))
         return y.reshape(N, C, Ho, Wo)
 
@@ -281,7 +307,7 @@ class AvgPool2D(_Pool):
         """dout: (N, C, H_out, W_out) -> dx: (N, C, H, W); ``dx[window] += dout / divisor``."""
         d = self._dout(dout)
         dx = self._new_dx()
-        K.avgpool2d_backward(d, *self._args(), dx)
+        _run(K.avgpool2d_backward, d, *self._args(), dx)
         return dx.reshape(self._x_shape)
 
 
@@ -332,7 +358,7 @@ class LPPool2D(_Pool):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         if math.isfinite(self.norm_type):
             sums = np.empty_like(y)
-            K.lppool2d_forward(xp, self.norm_type, kh, kw, sh, sw, y, sums)
+            _run(K.lppool2d_forward, xp, self.norm_type, kh, kw, sh, sw, y, sums)
             self._cache = (xp, y, sums)
         else:                         # +inf: max |x|;  -inf: -max(-|x|) = min |x|
             sign = 1.0 if self.norm_type > 0 else -1.0
@@ -351,10 +377,10 @@ class LPPool2D(_Pool):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         if math.isfinite(self.norm_type):
             xp, y, sums = self._cache
-            K.lppool2d_backward(d, xp, y, sums, self.norm_type, kh, kw, sh, sw, dx)
+            _run(K.lppool2d_backward, d, xp, y, sums, self.norm_type, kh, kw, sh, sw, dx)
         else:
             xp, argmax = self._cache
-            K.maxpool2d_backward(d, argmax, dx)
+            _run(K.maxpool2d_backward, d, argmax, dx)
             dx *= np.sign(xp)
         return dx.reshape(self._x_shape)
 
@@ -404,7 +430,7 @@ class MixedPool2D(_Pool):
         av = np.empty_like(mx)
         argmax = np.empty(mx.shape, np.int64)
         _maxpool(xp, self.kernel_size, self.stride, (0, 0), (1, 1), mx, argmax)
-        K.avgpool2d_forward(xp, *self._avg_args(), av)
+        _run(K.avgpool2d_forward, xp, *self._avg_args(), av)
         a = self.params["alpha"][0] if self.learnable else self.alpha
         y = a * mx + (1 - a) * av
         self._argmax, self._alpha_used = argmax, a
@@ -416,8 +442,8 @@ class MixedPool2D(_Pool):
         """dout: (N, C, H_out, W_out) -> dx: (N, C, H, W); sets grads["alpha"] if learnable."""
         d = self._dout(dout)
         dmax, davg = self._new_dx(), self._new_dx()
-        K.maxpool2d_backward(d, self._argmax, dmax)
-        K.avgpool2d_backward(d, *self._avg_args(), davg)
+        _run(K.maxpool2d_backward, d, self._argmax, dmax)
+        _run(K.avgpool2d_backward, d, *self._avg_args(), davg)
         a = self._alpha_used
         dx = a * dmax + (1 - a) * davg
         if self.learnable:
