@@ -239,6 +239,7 @@ def cmd_gradcheck(args) -> int:
 
 def cmd_study(args) -> int:
     from minicnn.study import StudyConfig, StudyError, run_study
+    from minicnn.train import TrainingInterrupted
 
     if not args.quick and args.seeds is not None and args.seeds < 3:
         print("minicnn study: error: the full mode needs --seeds >= 3 (use --quick for fewer)", file=sys.stderr)
@@ -254,6 +255,12 @@ def cmd_study(args) -> int:
     except StudyError as e:
         print(f"minicnn study: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:
+        import os
+        folder = os.path.dirname(os.path.dirname(e.checkpoint))
+        print(f"\nminicnn study: interrupted; finished runs and the one in progress are saved in {folder}; "
+              f"resume with the same command plus --run-dir {folder}", file=sys.stderr)
+        return 130
     return 0
 
 

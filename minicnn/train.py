@@ -79,6 +79,8 @@ def predict(model, x, batch_size: int = 1000) -> np.ndarray:
 
 
 def _rng_layers(model):
+    """Layers that draw random numbers keep their generator in ``layer.rng``
+    (StochasticPool2D, FractionalMaxPool2D); its state goes into checkpoints."""
     return [l for l in model.layers if isinstance(getattr(l, "rng", None), np.random.Generator)]
 
 

@@ -168,3 +168,36 @@ def test_trainer_rejects_bad_settings():
         Trainer(model, opt, batch_size=0)
     with pytest.raises(ValueError, match="grad_clip"):
         Trainer(model, opt, batch_size=8, grad_clip=-1)
+
+
+def test_resume_is_bit_exact_with_a_stochastic_layer(synthetic_mnist_dir, tmp_path):
+    """The stochastic layer's RNG state travels in the checkpoint."""
+    x, y = load_mnist(synthetic_mnist_dir, "train", limit=128)   # 4 steps per epoch
+
+    def build():
+        mc.manual_seed(2)
+        return mc.Sequential([mc.Conv2D(1, 4, 3, padding=1), mc.ReLU(), mc.StochasticPool2D(2, seed=9),
+                              mc.Flatten(), mc.Dense(4 * 14 * 14, 10)], input_shape=(1, 28, 28))
+    ref = build()
+    make_trainer(ref).fit(x, y, 2)
+
+    model = build()
+    path = str(tmp_path / "s.npz")
+    trainer = make_trainer(model, checkpoint_path=path)
+    original = trainer.train_step
+
+    def step(xb, yb, where):
+        out = original(xb, yb, where)
+        if where == "epoch 1, step 2":
+            trainer._stop_requested = True
+        return out
+    trainer.train_step = step
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit(x, y, 2)
+    model2, meta, arrays = checkpoint.load(path)
+    assert "stochasticpool2d" in meta["extra"]["rng"]
+    t2 = make_trainer(model2)
+    t2.restore(meta["extra"], arrays)
+    t2.fit(x, y, 2)
+    for (n, a), (_, b) in zip(ref.named_params(), model2.named_params()):
+        assert np.array_equal(a, b), f"{n} differs after resume"

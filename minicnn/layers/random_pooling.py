@@ -60,7 +60,7 @@ class StochasticPool2D(Layer):
         self.stride = self.kernel_size if stride is None else pair(stride, "stride", self.name)
         check_window(self.name, self.kernel_size, self.stride, (0, 0), max_padding=None)
         self.seed = _check_seed(seed, self.name)
-        self._rng = np.random.default_rng(self.seed)
+        self.rng = np.random.default_rng(self.seed)
         self._cache = None
 
     def config(self):
@@ -69,7 +69,7 @@ class StochasticPool2D(Layer):
 
     def reseed(self, seed):
         """Restart the sampling generator at ``seed`` (for reproducible draws)."""
-        self._rng = np.random.default_rng(_check_seed(seed, self.name))
+        self.rng = np.random.default_rng(_check_seed(seed, self.name))
 
     def forward(self, x):
         x = self._as_input(x, 4)
@@ -84,7 +84,7 @@ class StochasticPool2D(Layer):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         out = np.empty((N, C, oh, ow), x.dtype)
         if self.training:
-            u = self._rng.random((N, C, oh, ow))
+            u = self.rng.random((N, C, oh, ow))
             index = np.empty(out.shape, np.int64)
             stochastic_pool_forward(x, u, kh, kw, sh, sw, out, index)
             self._cache = ("train", index, x.shape, x.dtype)
@@ -173,7 +173,7 @@ class FractionalMaxPool2D(Layer):
             raise TypeError(f"{self.name}: return_indices must be a bool, got {return_indices!r}")
         self.return_indices = return_indices
         self.seed = _check_seed(seed, self.name)
-        self._rng = np.random.default_rng(self.seed)
+        self.rng = np.random.default_rng(self.seed)
         self.samples = None
         self._argmax = None
 
@@ -185,7 +185,7 @@ class FractionalMaxPool2D(Layer):
 
     def reseed(self, seed):
         """Restart the sample generator at ``seed`` (for reproducible windows)."""
-        self._rng = np.random.default_rng(_check_seed(seed, self.name))
+        self.rng = np.random.default_rng(_check_seed(seed, self.name))
 
     def output_hw(self, H, W) -> tuple[int, int]:
         """(oH, oW) for an (H, W) input; ValueError naming the sizes if the
@@ -211,7 +211,7 @@ class FractionalMaxPool2D(Layer):
         N, C, H, W = x.shape
         oh, ow = self.output_hw(H, W)
         kh, kw = self.kernel_size
-        self.samples = self._rng.random((N, C, 2), dtype=x.dtype)
+        self.samples = self.rng.random((N, C, 2), dtype=x.dtype)
         rows = fractional_intervals(self.samples[..., 1], H, oh, kh)
         cols = fractional_intervals(self.samples[..., 0], W, ow, kw)
         out = np.empty((N, C, oh, ow), x.dtype)
