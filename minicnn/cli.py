@@ -21,34 +21,24 @@ import time
 
 
 # ------------------------------------------------------------ argument types
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+def number(kind, minimum, what):
+    """An argparse type: ``kind(text)`` that must be finite and >= ``minimum``
+    (``> 0`` when ``minimum`` is 0.0 for floats, i.e. "positive")."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        ok = v > 0 if (kind is float and minimum == 0.0) else v >= minimum
+        if not (ok and math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+    return parse
 
 
-def _nonneg_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
-def _positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return v
+_positive_int = number(int, 1, "a positive integer")
+_nonneg_int = number(int, 0, "an integer >= 0")
+_positive_float = number(float, 0.0, "a positive number")
 
 
 def _shape(text):
