@@ -22,8 +22,15 @@ buffers can be reused across steps.
 
 Each kernel is a plain function ``_name`` (the readable reference; with
 ``NUMBA_DISABLE_JIT=1`` it runs as Python and ``prange`` is ``range``),
-compiled by name below: ``name = njit(parallel=True, cache=True)(_name)``.
-All kernels accept float32 and float64 arrays; index arrays are int64.
+compiled by name at the bottom: ``name = njit(parallel=True, cache=True)(_name)``.
+(To get a serial build, e.g. in a test, use ``njit(_name)`` *without*
+``cache=True``: Numba's cache index does not record the ``parallel`` flag,
+so a second cached build of the same function would share its entries.)
+All kernels accept float32 and float64 arrays (sums accumulate in float64);
+index arrays are int64.  The 2x2 kernels are the common case (kernel 2,
+stride 2, no padding, every window full) written out tap by tap; they give
+the same results as the general kernels (bit for bit, except that the
+2x2 average backward may keep a -0.0 where the general one gives 0.0).
 """
 import math
 
@@ -33,28 +40,59 @@ from numba import njit, prange
 
 # --------------------------------------------------------------------- helpers
 @njit(cache=True)
-def _taps(start, k, d, L):
-    """Tap range ``[t0, t1)`` of a dilated window starting at ``start``.
+def _tap_ranges(n_out, k, s, pad, d, L):
+    """Per window ``o < n_out`` of one axis, the taps inside the input.
 
-    Tap ``t`` sits at ``start + t*d``; the taps inside ``[0, L)`` are
-    exactly ``t0 <= t < t1`` (empty when ``t0 >= t1``).
+    Tap ``t`` of window ``o`` sits at ``o*s - pad + t*d``; the taps inside
+    ``[0, L)`` are ``t0[o] <= t < t1[o]`` (none when ``t0[o] >= t1[o]``).
+    Computed once per call, so the hot loops do no division.
     """
-    t0 = 0 if start >= 0 else (d - 1 - start) // d   # first t with start + t*d >= 0
-    t1 = min(k, (L - start + d - 1) // d)          # first t with start + t*d >= L
+    t0 = np.empty(n_out, np.int64)
+    t1 = np.empty(n_out, np.int64)
+    for o in range(n_out):
+        start = o * s - pad
+        t0[o] = 0 if start >= 0 else (d - 1 - start) // d   # first t with start + t*d >= 0
+        t1[o] = min(k, (L - start + d - 1) // d)          # first t with start + t*d >= L
     return t0, t1
 
 
 @njit(cache=True)
-def _avg_extent(o, k, s, pad, L):
-    """Rows (or cols) of average-pooling window ``o``, PyTorch's rule.
+def _avg_extents(n_out, k, s, pad, L):
+    """Per window ``o < n_out`` of one axis, PyTorch's average-pooling extent.
 
-    Returns ``(count, lo, hi)``: ``count`` is the window length clamped to
-    the padded input ``[-pad, L + pad)`` (used by count_include_pad), and
-    ``[lo, hi)`` is the part inside the input ``[0, L)`` (the cells summed).
+    Window ``o`` spans ``[start, end)`` with ``start = o*s - pad`` and
+    ``end = min(start + k, L + pad)`` (clamped to the padded input).
+    Returns arrays ``count = end - start`` (used by count_include_pad) and
+    ``[lo, hi) = [max(start, 0), min(end, L))``, the cells inside the input.
     """
-    start = o * s - pad
-    end = min(start + k, L + pad)
-    return end - start, max(start, 0), min(end, L)
+    count = np.empty(n_out, np.int64)
+    lo = np.empty(n_out, np.int64)
+    hi = np.empty(n_out, np.int64)
+    for o in range(n_out):
+        start = o * s - pad
+        end = min(start + k, L + pad)
+        count[o], lo[o], hi[o] = end - start, max(start, 0), min(end, L)
+    return count, lo, hi
+
+
+@njit(cache=True)
+def _power(v, p):
+    """``v ** p`` (C ``pow``), with the common p = 1 and p = 2 done without a call."""
+    if p == 2.0:
+        return v * v
+    if p == 1.0:
+        return v
+    return v ** p
+
+
+@njit(cache=True)
+def _root(s, p):
+    """``s ** (1/p)`` (C ``pow``); ``sqrt`` for p = 2 (the same, correctly rounded)."""
+    if p == 2.0:
+        return math.sqrt(s) if s >= 0.0 else math.nan
+    if p == 1.0:
+        return s
+    return s ** (1.0 / p)
 
 
 # ------------------------------------------------------------------------- max
@@ -64,44 +102,66 @@ def _maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, out, argmax):
     x: (P, H, W) -> out: (P, H_out, W_out), argmax: (P, H_out, W_out) int64.
 
     Forward: ``out = max over the window taps inside the input``, scanned in
-    row-major order with PyTorch's update rule ``if v > best or isnan(v)``:
-    the *first* maximum wins ties, and a NaN anywhere makes the result NaN
-    (the index of the last NaN is recorded, as in PyTorch).
-    ``argmax`` is the flat index ``h*W + w`` of the winner in its H*W plane;
-    it starts at the first tap inside the input (so an all -inf window still
-    routes its gradient somewhere, like PyTorch).  A window with no tap
-    inside the input (possible only with dilation) gives -inf and index -1.
+    row-major order with PyTorch's rule ``if v > best or isnan(v)``: the
+    *first* maximum wins ties, and a NaN anywhere makes the result NaN with
+    the index of the last NaN.  The rule is applied in two steps so the
+    common case compiles to branch-free code: the scan uses ``v > best``
+    and notes whether a NaN was seen; only such a window is scanned again
+    for its last NaN.  ``argmax`` is the flat index ``h*W + w`` of the
+    winner in its H*W plane; it starts at the first tap inside the input
+    (so an all -inf window still routes its gradient, like PyTorch).  A
+    window with no tap inside the input (possible only with dilation) gives
+    -inf and index -1.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
     """
     P, H, W = x.shape
     H_out, W_out = out.shape[1], out.shape[2]
+    i0s, i1s = _tap_ranges(H_out, kh, sh, ph, dh, H)
+    j0s, j1s = _tap_ranges(W_out, kw, sw, pw, dw, W)
     for p in prange(P):
         for oh in range(H_out):
             h0 = oh * sh - ph
-            i0, i1 = _taps(h0, kh, dh, H)
+            i0, i1 = i0s[oh], i1s[oh]
             for ow in range(W_out):
                 w0 = ow * sw - pw
-                j0, j1 = _taps(w0, kw, dw, W)
+                j0, j1 = j0s[ow], j1s[ow]
                 best = -np.inf
                 best_idx = -1
                 if i0 < i1 and j0 < j1:
                     best_idx = (h0 + i0 * dh) * W + w0 + j0 * dw
+                nan = False
                 for i in range(i0, i1):
                     h = h0 + i * dh
                     for j in range(j0, j1):
                         w = w0 + j * dw
                         v = x[p, h, w]
-                        if v > best or math.isnan(v):
+                        nan |= v != v
+                        if v > best:
                             best = v
                             best_idx = h * W + w
+                if nan:                                 # rare: the last NaN wins
+                    for i in range(i0, i1):
+                        h = h0 + i * dh
+                        for j in range(j0, j1):
+                            w = w0 + j * dw
+                            if x[p, h, w] != x[p, h, w]:
+                                best = x[p, h, w]
+                                best_idx = h * W + w
                 out[p, oh, ow] = best
                 argmax[p, oh, ow] = best_idx
 
 
 def _maxpool2d_2x2_forward(x, out, argmax):
-    """The common case of :func:`_maxpool2d_forward`: kernel 2x2, stride 2,
-    no padding, no dilation (every window is full).  Same shapes, same
-    result bit for bit: the four taps in row-major order a, b, c, d with the
-    rule ``if v > best or isnan(v)``.
+    """:func:`_maxpool2d_forward` for kernel 2x2, stride 2, no padding, no
+    dilation, every window full (``2*H_out <= H``, ``2*W_out <= W``).
+
+    Same shapes, same rule, same result bit for bit: the taps a, b, c, d in
+    row-major order, first maximum wins, then the last NaN if any.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
     """
     P, H, W = x.shape
     H_out, W_out = out.shape[1], out.shape[2]
@@ -110,20 +170,20 @@ def _maxpool2d_2x2_forward(x, out, argmax):
             h = 2 * oh
             for ow in range(W_out):
                 w = 2 * ow
-                best = x[p, h, w]
-                idx = h * W + w
-                v = x[p, h, w + 1]
-                if v > best or math.isnan(v):
-                    best = v
-                    idx = h * W + w + 1
-                v = x[p, h + 1, w]
-                if v > best or math.isnan(v):
-                    best = v
-                    idx = (h + 1) * W + w
-                v = x[p, h + 1, w + 1]
-                if v > best or math.isnan(v):
-                    best = v
-                    idx = (h + 1) * W + w + 1
+                a, b = x[p, h, w], x[p, h, w + 1]
+                c, d = x[p, h + 1, w], x[p, h + 1, w + 1]
+                best, idx = a, h * W + w
+                if b > best:
+                    best, idx = b, h * W + w + 1
+                if c > best:
+                    best, idx = c, h * W + W + w
+                if d > best:
+                    best, idx = d, h * W + W + w + 1
+                if (a != a) | (b != b) | (c != c) | (d != d):   # rare: the last NaN wins
+                    for v, k in ((a, h * W + w), (b, h * W + w + 1),
+                                 (c, h * W + W + w), (d, h * W + W + w + 1)):
+                        if v != v:
+                            best, idx = v, k
                 out[p, oh, ow] = best
                 argmax[p, oh, ow] = idx
 
@@ -135,12 +195,16 @@ def _maxpool2d_backward(dout, argmax, dx):
 
     Rule: ``dx[argmax] += dout`` (index -1, an empty window, routes nothing).
     Overlapping windows may share an argmax; their gradients add.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
     """
     P, H, W = dx.shape
     H_out, W_out = dout.shape[1], dout.shape[2]
     flat = dx.reshape((P, H * W))
     for p in prange(P):
-        flat[p, :] = 0.0
+        for q in range(H * W):
+            flat[p, q] = 0.0
         for oh in range(H_out):
             for ow in range(W_out):
                 a = argmax[p, oh, ow]
@@ -157,12 +221,16 @@ def _maxunpool2d_forward(x, indices, out):
     Forward: ``out = 0; out.flat[indices] = x`` per plane, in row-major order
     of ``x`` (if two entries share an index, the later one wins).  Indices
     must lie in ``[0, H_out*W_out)``; the layer checks that.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: the unpooled size the layer chose (MaxUnpool2D).
     """
     P, H_in, W_in = x.shape
     H_out, W_out = out.shape[1], out.shape[2]
     flat = out.reshape((P, H_out * W_out))
     for p in prange(P):
-        flat[p, :] = 0.0
+        for q in range(H_out * W_out):
+            flat[p, q] = 0.0
         for i in range(H_in):
             for j in range(W_in):
                 flat[p, indices[p, i, j]] = x[p, i, j]
@@ -173,6 +241,9 @@ def _maxunpool2d_backward(dout, indices, dx):
 
     dout: (P, H_out, W_out) C-contiguous, indices: (P, H_in, W_in)
     -> dx: (P, H_in, W_in), overwritten.  Rule: ``dx = dout.flat[indices]``.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: the unpooled size the layer chose (MaxUnpool2D).
     """
     P, H_in, W_in = dx.shape
     H_out, W_out = dout.shape[1], dout.shape[2]
@@ -192,15 +263,20 @@ def _avgpool2d_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_ove
     Forward: ``out = sum(x[window inside the input]) / divisor`` with
     ``divisor = divisor_override`` if it is > 0, else the window area
     clamped to the padded input ``[-p, L+p)`` if ``count_include_pad``,
-    else the number of cells inside the input (see :func:`_avg_extent`).
+    else the number of cells inside the input (see :func:`_avg_extents`).
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
     """
     P, H, W = x.shape
     H_out, W_out = out.shape[1], out.shape[2]
+    nhs, h_los, h_his = _avg_extents(H_out, kh, sh, ph, H)
+    nws, w_los, w_his = _avg_extents(W_out, kw, sw, pw, W)
     for p in prange(P):
         for oh in range(H_out):
-            nh, h_lo, h_hi = _avg_extent(oh, kh, sh, ph, H)
+            nh, h_lo, h_hi = nhs[oh], h_los[oh], h_his[oh]
             for ow in range(W_out):
-                nw, w_lo, w_hi = _avg_extent(ow, kw, sw, pw, W)
+                nw, w_lo, w_hi = nws[ow], w_los[ow], w_his[ow]
                 s = 0.0
                 for h in range(h_lo, h_hi):
                     for w in range(w_lo, w_hi):
@@ -214,6 +290,29 @@ def _avgpool2d_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_ove
                 out[p, oh, ow] = s / div
 
 
+def _avgpool2d_2x2_forward(x, divisor, out):
+    """:func:`_avgpool2d_forward` for kernel 2x2, stride 2, no padding, every
+    window full: ``out = (a + b + c + d) / divisor`` (divisor 4 unless
+    overridden), summed in the same order, same result bit for bit.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    for p in prange(P):
+        for oh in range(H_out):
+            h = 2 * oh
+            for ow in range(W_out):
+                w = 2 * ow
+                s = 0.0
+                s += x[p, h, w]
+                s += x[p, h, w + 1]
+                s += x[p, h + 1, w]
+                s += x[p, h + 1, w + 1]
+                out[p, oh, ow] = s / divisor
+
+
 def _avgpool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override, dx):
     """Backward of average pooling: spread each gradient over its window.
 
@@ -221,15 +320,22 @@ def _avgpool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor
 
     Rule: ``dx[window inside the input] += dout / divisor`` (divisor as in
     :func:`_avgpool2d_forward`); padding cells receive nothing.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
     """
     P, H, W = dx.shape
     H_out, W_out = dout.shape[1], dout.shape[2]
+    nhs, h_los, h_his = _avg_extents(H_out, kh, sh, ph, H)
+    nws, w_los, w_his = _avg_extents(W_out, kw, sw, pw, W)
     for p in prange(P):
-        dx[p, :, :] = 0.0
+        for h in range(H):
+            for w in range(W):
+                dx[p, h, w] = 0.0
         for oh in range(H_out):
-            nh, h_lo, h_hi = _avg_extent(oh, kh, sh, ph, H)
+            nh, h_lo, h_hi = nhs[oh], h_los[oh], h_his[oh]
             for ow in range(W_out):
-                nw, w_lo, w_hi = _avg_extent(ow, kw, sw, pw, W)
+                nw, w_lo, w_hi = nws[ow], w_los[ow], w_his[ow]
                 if divisor_override > 0:
                     div = divisor_override
                 elif count_include_pad:
@@ -240,6 +346,35 @@ def _avgpool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor
                 for h in range(h_lo, h_hi):
                     for w in range(w_lo, w_hi):
                         dx[p, h, w] += g
+
+
+def _avgpool2d_2x2_backward(dout, divisor, dx):
+    """:func:`_avgpool2d_backward` for the 2x2 case: windows do not overlap,
+    so each cell is written once, ``dx = dout / divisor``, and the cells no
+    window covers (a last odd row or column) are 0.  Same values as the
+    general kernel (which adds ``0.0 + g``, so it never returns -0.0).
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = dx.shape
+    H_out, W_out = dout.shape[1], dout.shape[2]
+    for p in prange(P):
+        for oh in range(H_out):
+            h = 2 * oh
+            for ow in range(W_out):
+                w = 2 * ow
+                g = dout[p, oh, ow] / divisor
+                dx[p, h, w] = g
+                dx[p, h, w + 1] = g
+                dx[p, h + 1, w] = g
+                dx[p, h + 1, w + 1] = g
+            for w in range(2 * W_out, W):
+                dx[p, h, w] = 0.0
+                dx[p, h + 1, w] = 0.0
+        for h in range(2 * H_out, H):
+            for w in range(W):
+                dx[p, h, w] = 0.0
 
 
 # ---------------------------------------------------------------- power (LP)
@@ -257,26 +392,28 @@ def _lppool2d_forward(x, norm_type, kh, kw, sh, sw, out, sums):
     Powers follow C ``pow``: a negative base with a non-integer exponent
     gives NaN (so for odd p a negative ``sums`` gives NaN unless 1/p is an
     integer; p = 1 gives the plain window sum).
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
     """
     P, H, W = x.shape
     H_out, W_out = out.shape[1], out.shape[2]
-    inv = 1.0 / norm_type
+    _, h_los, h_his = _avg_extents(H_out, kh, sh, 0, H)
+    _, w_los, w_his = _avg_extents(W_out, kw, sw, 0, W)
     for p in prange(P):
         for oh in range(H_out):
-            h_lo = oh * sh
-            h_hi = min(h_lo + kh, H)
+            h_lo, h_hi = h_los[oh], h_his[oh]
             for ow in range(W_out):
-                w_lo = ow * sw
-                w_hi = min(w_lo + kw, W)
+                w_lo, w_hi = w_los[ow], w_his[ow]
                 s = 0.0
                 for h in range(h_lo, h_hi):
                     for w in range(w_lo, w_hi):
-                        s += x[p, h, w] ** norm_type
+                        s += _power(x[p, h, w], norm_type)
                 n = (h_hi - h_lo) * (w_hi - w_lo)
                 if n != kh * kw:
                     s = s * (kh * kw) / n
                 sums[p, oh, ow] = s
-                out[p, oh, ow] = s ** inv
+                out[p, oh, ow] = _root(s, norm_type)
 
 
 def _lppool2d_backward(dout, x, out, sums, norm_type, kh, kw, sh, sw, dx):
@@ -290,18 +427,23 @@ def _lppool2d_backward(dout, x, out, sums, norm_type, kh, kw, sh, sw, dx):
         dx[window] += dout * c * out / sums * x[window] ** (p-1)
 
     Where ``sums == 0`` the gradient is defined as 0 (as PyTorch documents).
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
     """
     P, H, W = dx.shape
     H_out, W_out = dout.shape[1], dout.shape[2]
     pm1 = norm_type - 1.0
+    _, h_los, h_his = _avg_extents(H_out, kh, sh, 0, H)
+    _, w_los, w_his = _avg_extents(W_out, kw, sw, 0, W)
     for p in prange(P):
-        dx[p, :, :] = 0.0
+        for h in range(H):
+            for w in range(W):
+                dx[p, h, w] = 0.0
         for oh in range(H_out):
-            h_lo = oh * sh
-            h_hi = min(h_lo + kh, H)
+            h_lo, h_hi = h_los[oh], h_his[oh]
             for ow in range(W_out):
-                w_lo = ow * sw
-                w_hi = min(w_lo + kw, W)
+                w_lo, w_hi = w_los[ow], w_his[ow]
                 s = sums[p, oh, ow]
                 if s == 0.0:
                     continue
@@ -311,7 +453,7 @@ def _lppool2d_backward(dout, x, out, sums, norm_type, kh, kw, sh, sw, dx):
                     g = g * (kh * kw) / n
                 for h in range(h_lo, h_hi):
                     for w in range(w_lo, w_hi):
-                        dx[p, h, w] += g * x[p, h, w] ** pm1
+                        dx[p, h, w] += g * _power(x[p, h, w], pm1)
 
 
 # ------------------------------------------------------------------- compiled
@@ -321,6 +463,8 @@ maxpool2d_backward = njit(parallel=True, cache=True)(_maxpool2d_backward)
 maxunpool2d_forward = njit(parallel=True, cache=True)(_maxunpool2d_forward)
 maxunpool2d_backward = njit(parallel=True, cache=True)(_maxunpool2d_backward)
 avgpool2d_forward = njit(parallel=True, cache=True)(_avgpool2d_forward)
+avgpool2d_2x2_forward = njit(parallel=True, cache=True)(_avgpool2d_2x2_forward)
 avgpool2d_backward = njit(parallel=True, cache=True)(_avgpool2d_backward)
+avgpool2d_2x2_backward = njit(parallel=True, cache=True)(_avgpool2d_2x2_backward)
 lppool2d_forward = njit(parallel=True, cache=True)(_lppool2d_forward)
 lppool2d_backward = njit(parallel=True, cache=True)(_lppool2d_backward)

@@ -102,14 +102,37 @@ class _Pool(Layer):
         return np.empty((N * C, H, W), self._x_dtype)
 
 
+def _common_2x2(k, s, p, d, x_hw, out_hw) -> bool:
+    """Kernel 2, stride 2, no padding or dilation, every window full: the
+    written-out 2x2 kernels apply (same results as the general ones)."""
+    return (k == (2, 2) and s == (2, 2) and p == (0, 0) and d == (1, 1)
+            and 2 * out_hw[0] <= x_hw[0] and 2 * out_hw[1] <= x_hw[1])
+
+
 def _maxpool(xp, k, s, p, d, out, argmax):
-    """Max pooling of planes; dispatches to the 2x2/stride-2 fast path when
-    every window is full (same result bit for bit)."""
-    full = 2 * out.shape[1] <= xp.shape[1] and 2 * out.shape[2] <= xp.shape[2]
-    if k == (2, 2) and s == (2, 2) and p == (0, 0) and d == (1, 1) and full:
+    """Max pooling of planes (N*C, H, W) into ``out``, ``argmax``."""
+    if _common_2x2(k, s, p, d, xp.shape[1:], out.shape[1:]):
         _run(K.maxpool2d_2x2_forward, xp, out, argmax)
     else:
         _run(K.maxpool2d_forward, xp, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], out, argmax)
+
+
+def _avgpool(xp, k, s, p, count_include_pad, divisor_override, out):
+    """Average pooling of planes; ``divisor_override`` 0 means none."""
+    if _common_2x2(k, s, p, (1, 1), xp.shape[1:], out.shape[1:]):
+        _run(K.avgpool2d_2x2_forward, xp, divisor_override or 4, out)
+    else:
+        _run(K.avgpool2d_forward, xp, k[0], k[1], s[0], s[1], p[0], p[1],
+             count_include_pad, divisor_override, out)
+
+
+def _avgpool_backward(dout, k, s, p, count_include_pad, divisor_override, dx):
+    """Backward of :func:`_avgpool` into ``dx`` (overwritten)."""
+    if _common_2x2(k, s, p, (1, 1), dx.shape[1:], dout.shape[1:]):
+        _run(K.avgpool2d_2x2_backward, dout, divisor_override or 4, dx)
+    else:
+        _run(K.avgpool2d_backward, dout, k[0], k[1], s[0], s[1], p[0], p[1],
+             count_include_pad, divisor_override, dx)
 
 
 # -------------------------------------------------------------------- max
@@ -138,7 +161,7 @@ class MaxPool2D(_Pool):
             self.name, kernel_size, stride, padding, dilation)
         self.ceil_mode = _flag(self.name, "ceil_mode", ceil_mode)
         self.return_indices = _flag(self.name, "return_indices", return_indices)
-        self._argmax = self._x_shape = None
+        self._argmax = None
 
     def config(self):
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
@@ -289,8 +312,8 @@ class AvgPool2D(_Pool):
                 "divisor_override": self.divisor_override}
 
     def _args(self):
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        return kh, kw, sh, sw, ph, pw, self.count_include_pad, self.divisor_override or 0
+        return (self.kernel_size, self.stride, self.padding, self.count_include_pad,
+                self.divisor_override or 0)
 
     def forward(self, x):
         """x: (N, C, H, W) -> y: (N, C, H_out, W_out)."""
@@ -299,7 +322,7 @@ class AvgPool2D(_Pool):
         Ho, Wo = window_output_shape(self.name, (H, W), self.kernel_size, self.stride,
                                      self.padding, ceil_mode=self.ceil_mode)
         y = np.empty((N * C, Ho, Wo), x.dtype)
-        _run(K.avgpool2d_forward, _planes(x), *self._args(), y)
+        _avgpool(_planes(x), *self._args(), y)
         self._remember(x, (Ho, Wo))
         return y.reshape(N, C, Ho, Wo)
 
@@ -307,7 +330,7 @@ class AvgPool2D(_Pool):
         """dout: (N, C, H_out, W_out) -> dx: (N, C, H, W); ``dx[window] += dout / divisor``."""
         d = self._dout(dout)
         dx = self._new_dx()
-        _run(K.avgpool2d_backward, d, *self._args(), dx)
+        _avgpool_backward(d, *self._args(), dx)
         return dx.reshape(self._x_shape)
 
 
@@ -417,8 +440,7 @@ class MixedPool2D(_Pool):
                 "alpha": self.alpha, "learnable": self.learnable}
 
     def _avg_args(self):
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        return kh, kw, sh, sw, 0, 0, True, 0
+        return self.kernel_size, self.stride, (0, 0), True, 0
 
     def forward(self, x):
         """x: (N, C, H, W) -> y: (N, C, H_out, W_out)."""
@@ -430,7 +452,7 @@ class MixedPool2D(_Pool):
         av = np.empty_like(mx)
         argmax = np.empty(mx.shape, np.int64)
         _maxpool(xp, self.kernel_size, self.stride, (0, 0), (1, 1), mx, argmax)
-        _run(K.avgpool2d_forward, xp, *self._avg_args(), av)
+        _avgpool(xp, *self._avg_args(), av)
         a = self.params["alpha"][0] if self.learnable else self.alpha
         y = a * mx + (1 - a) * av
         self._argmax, self._alpha_used = argmax, a
@@ -443,7 +465,7 @@ class MixedPool2D(_Pool):
         d = self._dout(dout)
         dmax, davg = self._new_dx(), self._new_dx()
         _run(K.maxpool2d_backward, d, self._argmax, dmax)
-        _run(K.avgpool2d_backward, d, *self._avg_args(), davg)
+        _avgpool_backward(d, *self._avg_args(), davg)
         a = self._alpha_used
         dx = a * dmax + (1 - a) * davg
         if self.learnable:

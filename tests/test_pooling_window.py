@@ -1,0 +1,694 @@
+"""Window pooling (max, unpool, avg, LP, mixed): semantics as tests.
+
+Naive loop references are written here, independent of the kernels and of
+geometry.py, straight from the definitions (PyTorch's documented rules).
+Hypothesis checks layers against them, forward and backward; fixed tests
+pin the edge cases; the parallel kernels are checked bit for bit against
+their serial compilation.
+"""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from minicnn.kernels import pooling as K
+from minicnn.layers.pooling import AvgPool2D, LPPool2D, MaxPool2D, MaxUnpool2D, MixedPool2D
+
+SETTINGS = settings(deadline=None, max_examples=50,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+# ============================================================ naive references
+def n_windows(L, k, s, p, d=1, ceil=False):
+    """How many windows fit along an axis of length L, counted one by one.
+
+    Window n starts at n*s in padded coordinates [0, L + 2p) and spans
+    eff = d*(k-1) + 1 cells.  Floor mode: the window must fit.  Ceil mode:
+    a window is kept while the one before it had not reached the end of the
+    padded input, unless it would start in the right padding.
+    """
+    eff = d * (k - 1) + 1
+    count = 0
+    for n in range(L + 2 * p + 1):
+        start = n * s
+        if ceil:
+            keep = (n - 1) * s + eff < L + 2 * p and start < L + p
+        else:
+            keep = start + eff <= L + 2 * p
+        count += keep
+    return count
+
+
+def taps(o, k, s, p, d):
+    """Input coordinates of the k taps of window o (may be outside the input)."""
+    return [o * s - p + i * d for i in range(k)]
+
+
+def naive_maxpool(x, k, s, p=(0, 0), d=(1, 1), ceil=False):
+    """(y, flat indices); padding never wins; first max wins; NaN wins (last NaN)."""
+    N, C, H, W = x.shape
+    Ho = n_windows(H, k[0], s[0], p[0], d[0], ceil)
+    Wo = n_windows(W, k[1], s[1], p[1], d[1], ceil)
+    y = np.empty((N, C, Ho, Wo))
+    idx = np.empty((N, C, Ho, Wo), np.int64)
+    for n in range(N):
+        for c in range(C):
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    best, arg = -np.inf, -1
+                    for h in taps(oh, k[0], s[0], p[0], d[0]):
+                        for w in taps(ow, k[1], s[1], p[1], d[1]):
+                            if not (0 <= h < H and 0 <= w < W):
+                                continue
+                            v = x[n, c, h, w]
+                            if arg < 0 or v > best or math.isnan(v):
+                                best, arg = v, h * W + w
+                    y[n, c, oh, ow], idx[n, c, oh, ow] = best, arg
+    return y, idx
+
+
+def naive_maxpool_backward(dout, idx, x_shape):
+    dx = np.zeros(x_shape)
+    N, C, H, W = x_shape
+    for n, c, oh, ow in np.ndindex(*dout.shape):
+        a = idx[n, c, oh, ow]
+        if a >= 0:
+            dx[n, c, a // W, a % W] += dout[n, c, oh, ow]
+    return dx
+
+
+def _avg_windows(x_shape, k, s, p, ceil, count_include_pad, divisor_override):
+    """Yield (oh, ow, cells inside the input, divisor) per the PyTorch rule:
+    count_include_pad counts the taps inside the padded input [-p, L+p)."""
+    N, C, H, W = x_shape
+    Ho = n_windows(H, k[0], s[0], p[0], 1, ceil)
+    Wo = n_windows(W, k[1], s[1], p[1], 1, ceil)
+    for oh in range(Ho):
+        for ow in range(Wo):
+            rows, cols = taps(oh, k[0], s[0], p[0], 1), taps(ow, k[1], s[1], p[1], 1)
+            cells = [(h, w) for h in rows for w in cols if 0 <= h < H and 0 <= w < W]
+            padded = sum(1 for h in rows for w in cols
+                         if -p[0] <= h < H + p[0] and -p[1] <= w < W + p[1])
+            if divisor_override:
+                div = divisor_override
+            else:
+                div = padded if count_include_pad else len(cells)
+            yield oh, ow, cells, div
+
+
+def naive_avgpool(x, k, s, p=(0, 0), ceil=False, count_include_pad=True, divisor_override=None):
+    N, C, H, W = x.shape
+    wins = list(_avg_windows(x.shape, k, s, p, ceil, count_include_pad, divisor_override))
+    Ho, Wo = wins[-1][0] + 1, wins[-1][1] + 1
+    y = np.empty((N, C, Ho, Wo))
+    for n in range(N):
+        for c in range(C):
+            for oh, ow, cells, div in wins:
+                y[n, c, oh, ow] = sum(x[n, c, h, w] for h, w in cells) / div
+    return y
+
+
+def naive_avgpool_backward(dout, x_shape, k, s, p=(0, 0), ceil=False, count_include_pad=True,
+                           divisor_override=None):
+    dx = np.zeros(x_shape)
+    for oh, ow, cells, div in _avg_windows(x_shape, k, s, p, ceil, count_include_pad,
+                                           divisor_override):
+        for h, w in cells:
+            dx[:, :, h, w] += dout[:, :, oh, ow] / div
+    return dx
+
+
+def naive_lppool(x, norm, k, s, ceil=False):
+    """(y, dx_fn): y = (kh*kw/n * sum x^p)^(1/p) over the n cells of each window."""
+    N, C, H, W = x.shape
+    wins = list(_avg_windows(x.shape, k, s, (0, 0), ceil, False, None))
+    Ho, Wo = wins[-1][0] + 1, wins[-1][1] + 1
+    y = np.empty((N, C, Ho, Wo))
+    S = np.empty_like(y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for n in range(N):
+            for c in range(C):
+                for oh, ow, cells, ncell in wins:
+                    scale = k[0] * k[1] / ncell
+                    S[n, c, oh, ow] = scale * sum(np.power(x[n, c, h, w], norm) for h, w in cells)
+                    y[n, c, oh, ow] = np.power(S[n, c, oh, ow], 1.0 / norm)
+
+    def backward(dout):
+        dx = np.zeros(x.shape)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for n in range(N):
+                for c in range(C):
+                    for oh, ow, cells, ncell in wins:
+                        if S[n, c, oh, ow] == 0:
+                            continue
+                        scale = k[0] * k[1] / ncell
+                        for h, w in cells:
+                            dx[n, c, h, w] += (dout[n, c, oh, ow] * scale
+                                               * np.power(x[n, c, h, w], norm - 1)
+                                               * y[n, c, oh, ow] / S[n, c, oh, ow])
+        return dx
+    return y, backward
+
+
+def naive_unpool(x, idx, out_hw):
+    N, C, H, W = x.shape
+    y = np.zeros((N, C) + tuple(out_hw))
+    for n, c, i, j in np.ndindex(N, C, H, W):
+        a = idx[n, c, i, j]
+        y[n, c, a // out_hw[1], a % out_hw[1]] = x[n, c, i, j]
+    return y
+
+
+# ============================================================ strategies
+@st.composite
+def window_configs(draw, dilation=True, padding=True, ceil=True, max_hw=9):
+    """Shapes and window hyper-parameters, PyTorch-valid except possibly an
+    input too small for the window (the layer must then raise)."""
+    cfg = {"shape": (draw(st.integers(1, 2)), draw(st.integers(1, 3)),
+                     draw(st.integers(1, max_hw)), draw(st.integers(1, max_hw)))}
+    cfg["k"] = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    cfg["s"] = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    cfg["d"] = (draw(st.integers(1, 3)), draw(st.integers(1, 3))) if dilation else (1, 1)
+    effs = [d * (k - 1) + 1 for k, d in zip(cfg["k"], cfg["d"])]
+    cfg["p"] = tuple(draw(st.integers(0, e // 2)) for e in effs) if padding else (0, 0)
+    cfg["ceil"] = draw(st.booleans()) if ceil else False
+    cfg["seed"] = draw(st.integers(0, 2**32 - 1))
+    return cfg
+
+
+def fits(cfg):
+    H, W = cfg["shape"][2:]
+    return (n_windows(H, cfg["k"][0], cfg["s"][0], cfg["p"][0], cfg["d"][0], cfg["ceil"]) >= 1
+            and n_windows(W, cfg["k"][1], cfg["s"][1], cfg["p"][1], cfg["d"][1], cfg["ceil"]) >= 1)
+
+
+def tie_heavy(shape, rng, special=True):
+    """Small integers (many ties), sometimes with NaN and -inf sprinkled in."""
+    x = rng.integers(-3, 4, size=shape).astype(np.float64)
+    if special and rng.random() < 0.5:
+        x[rng.random(shape) < 0.08] = np.nan
+        x[rng.random(shape) < 0.08] = -np.inf
+    return x
+
+
+# ============================================================ property tests
+@SETTINGS
+@given(window_configs())
+def test_maxpool_matches_naive(cfg):
+    rng = np.random.default_rng(cfg["seed"])
+    x = tie_heavy(cfg["shape"], rng)
+    layer = MaxPool2D(cfg["k"], cfg["s"], cfg["p"], cfg["d"], cfg["ceil"], return_indices=True)
+    if not fits(cfg):
+        with pytest.raises(ValueError, match="too small"):
+            layer(x)
+        return
+    y, idx = layer(x)
+    y_ref, idx_ref = naive_maxpool(x, cfg["k"], cfg["s"], cfg["p"], cfg["d"], cfg["ceil"])
+    np.testing.assert_array_equal(y, y_ref)          # NaN == NaN here
+    np.testing.assert_array_equal(idx, idx_ref)
+    dout = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(layer.backward(dout), naive_maxpool_backward(dout, idx_ref, x.shape),
+                               rtol=1e-12, atol=0)
+
+
+@SETTINGS
+@given(window_configs(dilation=False), st.booleans(), st.sampled_from([None, 1, 3, 7]))
+def test_avgpool_matches_naive(cfg, count_include_pad, divisor_override):
+    rng = np.random.default_rng(cfg["seed"])
+    x = rng.standard_normal(cfg["shape"])
+    layer = AvgPool2D(cfg["k"], cfg["s"], cfg["p"], cfg["ceil"], count_include_pad, divisor_override)
+    if not fits(cfg):
+        with pytest.raises(ValueError, match="too small"):
+            layer(x)
+        return
+    args = (cfg["k"], cfg["s"], cfg["p"], cfg["ceil"], count_include_pad, divisor_override)
+    y = layer(x)
+    np.testing.assert_allclose(y, naive_avgpool(x, *args), rtol=1e-12, atol=1e-15)
+    dout = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(layer.backward(dout), naive_avgpool_backward(dout, x.shape, *args),
+                               rtol=1e-12, atol=1e-15)
+
+
+@SETTINGS
+@given(window_configs(dilation=False, padding=False), st.sampled_from([1.0, 1.5, 2.0, 3.0, 4.0]),
+       st.booleans())
+def test_lppool_matches_naive(cfg, norm, signed):
+    rng = np.random.default_rng(cfg["seed"])
+    x = rng.standard_normal(cfg["shape"])
+    if not signed:
+        x = np.abs(x) + 0.1
+    layer = LPPool2D(norm, cfg["k"], cfg["s"], cfg["ceil"])
+    if not fits(cfg):
+        with pytest.raises(ValueError, match="too small"):
+            layer(x)
+        return
+    y = layer(x)
+    y_ref, backward_ref = naive_lppool(x, norm, cfg["k"], cfg["s"], cfg["ceil"])
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-15)   # NaN where y_ref is NaN
+    dout = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(layer.backward(dout), backward_ref(dout), rtol=1e-10, atol=1e-13)
+
+
+@SETTINGS
+@given(window_configs(dilation=False, padding=False, ceil=False), st.floats(0, 1),
+       st.booleans())
+def test_mixedpool_matches_naive(cfg, alpha, learnable):
+    rng = np.random.default_rng(cfg["seed"])
+    x = tie_heavy(cfg["shape"], rng, special=False)
+    layer = MixedPool2D(cfg["k"], cfg["s"], alpha, learnable).astype(np.float64)
+    if not fits(cfg):
+        with pytest.raises(ValueError, match="too small"):
+            layer(x)
+        return
+    if learnable:                       # the parameter is stored in float32 first
+        alpha = float(np.float32(alpha))
+        assert layer.params["alpha"][0] == alpha
+    mx, idx = naive_maxpool(x, cfg["k"], cfg["s"])
+    av = naive_avgpool(x, cfg["k"], cfg["s"])
+    y = layer(x)
+    np.testing.assert_allclose(y, alpha * mx + (1 - alpha) * av, rtol=1e-12, atol=1e-14)
+    dout = rng.standard_normal(y.shape)
+    dx_ref = (alpha * naive_maxpool_backward(dout, idx, x.shape)
+              + (1 - alpha) * naive_avgpool_backward(dout, x.shape, cfg["k"], cfg["s"]))
+    np.testing.assert_allclose(layer.backward(dout), dx_ref, rtol=1e-12, atol=1e-14)
+    if learnable:
+        np.testing.assert_allclose(layer.grads["alpha"], [np.sum(dout * (mx - av))], rtol=1e-12)
+    else:
+        assert layer.params == {} and layer.grads == {}
+
+
+@SETTINGS
+@given(window_configs(dilation=False, ceil=False), st.integers(-1, 1), st.integers(-1, 1))
+def test_maxunpool_matches_naive(cfg, extra_h, extra_w):
+    rng = np.random.default_rng(cfg["seed"])
+    N, C, H, W = cfg["shape"]
+    k, s, p = cfg["k"], cfg["s"], cfg["p"]
+    default = [(L - 1) * st_ - 2 * pd + kk for L, kk, st_, pd in zip((H, W), k, s, p)]
+    out_hw = (default[0] + extra_h * (s[0] - 1), default[1] + extra_w * (s[1] - 1))
+    layer = MaxUnpool2D(k, s, p)
+    x = rng.standard_normal(cfg["shape"])
+    if min(out_hw) < 1:
+        with pytest.raises(ValueError, match="output size"):
+            layer(x, np.zeros(x.shape, np.int64), output_size=out_hw)
+        return
+    idx = rng.integers(0, out_hw[0] * out_hw[1], size=x.shape)      # duplicates allowed
+    y = layer(x, idx, output_size=out_hw)
+    np.testing.assert_array_equal(y, naive_unpool(x, idx, out_hw))
+    dout = rng.standard_normal(y.shape)
+    dx_ref = np.take_along_axis(dout.reshape(N, C, -1), idx.reshape(N, C, -1), axis=2)
+    np.testing.assert_array_equal(layer.backward(dout), dx_ref.reshape(x.shape))
+
+
+# ============================================================ kernels
+def _kernel_cases(rng):
+    """(kernel name, inputs, outputs) for every parallel kernel: float32,
+    overlapping 3x3 stride-2 windows, ties and a NaN."""
+    x = rng.standard_normal((6, 17, 13)).astype(np.float32)
+    x[0, 3, 4] = np.nan
+    x[1, :4, :4] = 1.0                                           # ties
+    y, am = np.empty((6, 9, 7), np.float32), np.empty((6, 9, 7), np.int64)
+    K.maxpool2d_forward(x, 3, 3, 2, 2, 1, 1, 1, 1, y, am)
+    dout = rng.standard_normal((6, 9, 7)).astype(np.float32)
+    xpos = np.abs(x) + 0.5
+    xpos[0, 3, 4] = 2.0
+    ylp, slp = np.empty((6, 5, 6), np.float32), np.empty((6, 5, 6), np.float32)
+    K.lppool2d_forward(xpos, 3.0, 3, 3, 3, 2, ylp, slp)
+    doutlp = rng.standard_normal((6, 5, 6)).astype(np.float32)
+    up_idx = rng.integers(0, 17 * 13, size=(6, 9, 7))
+    return {
+        "maxpool2d_forward": ((x, 3, 3, 2, 2, 1, 1, 1, 1), (y, am)),
+        "maxpool2d_forward dilated": ((x, 3, 2, 2, 1, 1, 1, 2, 1), (y, am)),
+        "maxpool2d_2x2_forward": ((x,), (y[:, :8, :6], am[:, :8, :6])),
+        "maxpool2d_backward": ((dout, am), (x,)),
+        "avgpool2d_forward": ((x, 3, 3, 2, 2, 1, 1, False, 0), (y,)),
+        "avgpool2d_2x2_forward": ((x, 4), (y[:, :8, :6],)),
+        "avgpool2d_backward": ((dout, 3, 3, 2, 2, 1, 1, True, 0), (x,)),
+        "avgpool2d_2x2_backward": ((dout[:, :8, :6].copy(), 3), (x,)),
+        "lppool2d_forward": ((xpos, 3.0, 3, 3, 3, 2), (ylp, slp)),
+        "lppool2d_forward p=2": ((xpos, 2.0, 3, 3, 3, 2), (ylp, slp)),
+        "lppool2d_backward": ((doutlp, xpos, ylp, slp, 3.0, 3, 3, 3, 2), (x,)),
+        "maxunpool2d_forward": ((dout, up_idx), (x,)),
+        "maxunpool2d_backward": ((x, up_idx), (y,)),
+    }
+
+
+KERNEL_CASES = list(_kernel_cases(np.random.default_rng(1)))
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+def test_parallel_equals_serial_bit_for_bit(case):
+    args, like = _kernel_cases(np.random.default_rng(1))[case]
+    name = case.split()[0]
+    serial = njit(parallel=False)(getattr(K, "_" + name))       # not cached: see K's docstring
+    outs_serial = tuple(np.full(o.shape, 7, o.dtype) for o in like)
+    outs_par = tuple(np.full(o.shape, 7, o.dtype) for o in like)
+    serial(*args, *outs_serial)
+    getattr(K, name)(*args, *outs_par)
+    for a, b in zip(outs_serial, outs_par):
+        assert a.tobytes() == b.tobytes()
+        assert not np.all(a == 7)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MaxPool2D(3, 2, 1), lambda: MaxPool2D(2), lambda: AvgPool2D(3, 2, 1),
+    lambda: LPPool2D(2, 3, 2), lambda: MixedPool2D(2, alpha=0.3, learnable=True),
+])
+def test_parallel_layer_path_equals_small_batches(make):
+    # the whole batch is big enough to run on all threads, one sample is not
+    from minicnn.layers import pooling as P
+    x = np.random.default_rng(10).standard_normal((5, 8, 30, 31)).astype(np.float32)
+    assert x.size >= P.PARALLEL_MIN_SIZE > x[:1].size
+    layer = make()
+    y = layer(x)
+    dout = np.random.default_rng(11).standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dout)
+    for i in range(len(x)):
+        one = make()
+        assert one(x[i:i + 1]).tobytes() == y[i:i + 1].tobytes()
+        assert one.backward(dout[i:i + 1]).tobytes() == dx[i:i + 1].tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_2x2_kernels_equal_general_kernels(dtype):
+    rng = np.random.default_rng(2)
+    x = tie_heavy((5, 11, 12), rng).astype(dtype)     # odd height: a row no window covers
+    x[0, 0, :2] = np.nan                    # NaN first and second in a window
+    x[1, 1, 1] = np.nan                     # NaN last
+    x[2, :2, 2:4] = [[np.nan, 1.0], [np.nan, 2.0]]
+    outs = [(np.empty((5, 5, 6), dtype), np.empty((5, 5, 6), np.int64)) for _ in range(2)]
+    K.maxpool2d_2x2_forward(x, *outs[0])
+    K.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, 1, 1, *outs[1])
+    assert outs[0][0].tobytes() == outs[1][0].tobytes()
+    assert outs[0][1].tobytes() == outs[1][1].tobytes()
+    y_ref, idx_ref = naive_maxpool(x[None].astype(np.float64), (2, 2), (2, 2))
+    np.testing.assert_array_equal(outs[0][0], y_ref[0])
+    np.testing.assert_array_equal(outs[0][1], idx_ref[0])
+
+    x = rng.standard_normal((5, 11, 12)).astype(dtype)
+    for div in (4, 3):
+        fast, general = np.empty((5, 5, 6), dtype), np.empty((5, 5, 6), dtype)
+        K.avgpool2d_2x2_forward(x, div, fast)
+        K.avgpool2d_forward(x, 2, 2, 2, 2, 0, 0, True, div if div != 4 else 0, general)
+        assert fast.tobytes() == general.tobytes()
+        dout = rng.standard_normal((5, 5, 6)).astype(dtype)
+        fast, general = np.full(x.shape, 7, dtype), np.full(x.shape, 7, dtype)
+        K.avgpool2d_2x2_backward(dout, div, fast)
+        K.avgpool2d_backward(dout, 2, 2, 2, 2, 0, 0, True, div if div != 4 else 0, general)
+        np.testing.assert_array_equal(fast, general)          # equal values (0.0 == -0.0)
+        assert np.all(fast[:, 10, :] == 0)
+
+
+def test_2x2_ceil_mode_with_odd_size_uses_general_path():
+    # 5x5 with ceil_mode has partial last windows: the fast path must not run
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    y = MaxPool2D(2, ceil_mode=True)(x)
+    np.testing.assert_array_equal(y[0, 0], [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
+
+
+# ============================================================ dtypes and API
+LAYERS = [
+    lambda: MaxPool2D(3, 2, 1),
+    lambda: MaxPool2D(2),
+    lambda: AvgPool2D(3, 2, 1, ceil_mode=True, count_include_pad=False),
+    lambda: LPPool2D(2, 3, 2),
+    lambda: LPPool2D(float("inf"), 2),
+    lambda: MixedPool2D(3, 2, alpha=0.3),
+    lambda: MixedPool2D(2, alpha=0.3, learnable=True),
+]
+
+
+@pytest.mark.parametrize("make", LAYERS)
+def test_float32_and_float64(make):
+    x64 = np.random.default_rng(3).standard_normal((2, 3, 9, 8))
+    results = {}
+    for dtype in (np.float32, np.float64):
+        layer = make().astype(dtype)
+        y = layer(x64.astype(dtype))
+        dx = layer.backward(np.ones_like(y))
+        assert y.dtype == dtype and dx.dtype == dtype and dx.shape == x64.shape
+        results[dtype] = (y, dx)
+    np.testing.assert_allclose(results[np.float32][0], results[np.float64][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[np.float32][1], results[np.float64][1], rtol=1e-5, atol=1e-5)
+
+
+def test_maxunpool_float32_and_float64():
+    for dtype in (np.float32, np.float64):
+        x = np.arange(16, dtype=dtype).reshape(1, 1, 4, 4)
+        y, idx = MaxPool2D(2, return_indices=True)(x)
+        unpool = MaxUnpool2D(2)
+        z = unpool(y, idx)
+        assert z.dtype == dtype
+        np.testing.assert_array_equal(z[0, 0], [[0, 0, 0, 0], [0, 5, 0, 7], [0, 0, 0, 0], [0, 13, 0, 15]])
+        dx = unpool.backward(np.arange(16, dtype=dtype).reshape(1, 1, 4, 4))
+        assert dx.dtype == dtype
+        np.testing.assert_array_equal(dx[0, 0], [[5, 7], [13, 15]])
+
+
+def test_integer_input_is_cast_to_float32():
+    y = MaxPool2D(2)(np.arange(16).reshape(1, 1, 4, 4))
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y[0, 0], [[5, 7], [13, 15]])
+
+
+@pytest.mark.parametrize("make", LAYERS)
+def test_backward_does_not_mutate_dout(make):
+    layer = make()
+    y = layer(np.random.default_rng(4).standard_normal((2, 2, 7, 7)).astype(np.float32))
+    for dout in (np.random.default_rng(5).standard_normal(y.shape).astype(np.float32),
+                 np.random.default_rng(5).standard_normal(y.shape)):          # float64 dout too
+        before = dout.copy()
+        layer.backward(dout)
+        np.testing.assert_array_equal(dout, before)
+
+
+def test_non_contiguous_input():
+    x = np.random.default_rng(6).standard_normal((3, 2, 8, 8)).transpose(1, 0, 3, 2)
+    y = MaxPool2D(3, 2, 1)(x)
+    np.testing.assert_array_equal(y, naive_maxpool(np.ascontiguousarray(x), (3, 3), (2, 2), (1, 1))[0])
+
+
+@pytest.mark.parametrize("make", LAYERS + [lambda: MaxUnpool2D((2, 3), 1, (1, 0)),
+                                           lambda: AvgPool2D(2, divisor_override=3)])
+def test_config_rebuilds_the_layer(make):
+    layer = make()
+    clone = type(layer)(**layer.config())
+    assert clone.config() == layer.config()
+
+
+# ============================================================ worked example and edge cases
+def test_worked_example_4x4():
+    x = np.arange(1, 17, dtype=np.float64).reshape(1, 1, 4, 4)
+    np.testing.assert_array_equal(MaxPool2D(2, 2)(x)[0, 0], [[6, 8], [14, 16]])
+
+
+def test_max_k1_s2_ceil_has_no_minus_inf():
+    x = np.random.default_rng(7).standard_normal((1, 1, 6, 7))
+    y = MaxPool2D(1, 2, ceil_mode=True)(x)
+    assert y.shape == (1, 1, 3, 4)
+    assert np.all(np.isfinite(y))
+    np.testing.assert_array_equal(y, x[:, :, ::2, ::2])
+
+
+def test_max_size5_k2_s2_p1_ceil_gives_3():
+    y = MaxPool2D(2, 2, 1, ceil_mode=True)(np.zeros((1, 1, 5, 5)))
+    assert y.shape == (1, 1, 3, 3)
+
+
+def test_avg_7x7_k2_s3_ceil():
+    x = np.arange(49.0).reshape(1, 1, 7, 7)
+    y = AvgPool2D(2, 3, ceil_mode=True)(x)
+    np.testing.assert_array_equal(y[0, 0], [[4, 7, 9.5], [25, 28, 30.5], [42.5, 45.5, 48]])
+
+
+def test_avg_1x5_k12_s12_ceil():
+    x = np.array([1.0, 2, 3, 4, 5]).reshape(1, 1, 1, 5)
+    y = AvgPool2D((1, 2), (1, 2), ceil_mode=True)(x)
+    np.testing.assert_array_equal(y[0, 0], [[1.5, 3.5, 5]])
+
+
+@pytest.mark.parametrize("where", [0, 1, 3])
+def test_max_nan_first_middle_last_propagates(where):
+    x = np.array([[1.0, 5.0], [2.0, 3.0]]).reshape(1, 1, 2, 2)
+    x.reshape(-1)[where] = np.nan
+    for layer in (MaxPool2D(2, return_indices=True),
+                  MaxPool2D(3, stride=3, padding=1, return_indices=True)):
+        y, idx = layer(x)
+        assert np.isnan(y[0, 0, 0, 0])
+        assert idx[0, 0, 0, 0] == where                    # gradient goes to the NaN
+        dx = layer.backward(np.ones_like(y))
+        assert dx.reshape(-1)[where] == 1 and dx.sum() == 1
+
+
+def test_max_all_nan_window_and_last_nan_index():
+    x = np.full((1, 1, 2, 4), np.nan)
+    x[0, 0, :, 2:] = [[np.nan, 1.0], [np.nan, 2.0]]
+    y, idx = MaxPool2D(2, return_indices=True)(x)
+    assert np.all(np.isnan(y))
+    np.testing.assert_array_equal(idx[0, 0], [[5, 6]])     # PyTorch: the last NaN scanned
+
+
+def test_max_all_negative_with_padding_stays_negative():
+    x = -1.0 - np.random.default_rng(8).random((2, 3, 5, 6))
+    y = MaxPool2D(3, 1, 1)(x)
+    assert y.shape == x.shape and np.all(y < -1.0)
+    # the corner window sees only the 2x2 in-input corner: padding is -inf, not 0
+    assert y[0, 0, 0, 0] == x[0, 0, :2, :2].max()
+
+
+def test_max_ties_gradient_goes_to_first():
+    x = np.array([[1.0, 2.0], [2.0, 2.0]]).reshape(1, 1, 2, 2)
+    layer = MaxPool2D(2)
+    layer(x)
+    dx = layer.backward(np.array([[[[3.0]]]]))
+    np.testing.assert_array_equal(dx[0, 0], [[0, 3], [0, 0]])
+
+
+def test_max_overlapping_windows_accumulate():
+    # 3x3 stride 2 windows share a border; the shared maximum gets both gradients
+    x = np.zeros((1, 1, 5, 5))
+    x[0, 0, 2, 2] = 9.0
+    layer = MaxPool2D(3, 2)
+    layer(x)
+    dx = layer.backward(np.array([[[[1.0, 2.0], [3.0, 4.0]]]]))
+    assert dx[0, 0, 2, 2] == 10.0 and dx.sum() == 10.0
+
+
+def test_max_window_entirely_in_padding_gives_minus_inf_and_no_gradient():
+    # dilation 3 on a 1-wide input: taps at -1 and 2, neither inside
+    layer = MaxPool2D((1, 2), stride=2, padding=(0, 1), dilation=3, ceil_mode=True,
+                      return_indices=True)
+    x = np.array([[[[4.0]]]])
+    y, idx = layer(x)
+    assert y.shape == (1, 1, 1, 1) and y[0, 0, 0, 0] == -np.inf and idx[0, 0, 0, 0] == -1
+    np.testing.assert_array_equal(layer.backward(np.ones_like(y)), [[[[0.0]]]])
+
+
+def test_avg_count_include_pad_and_divisor_override():
+    x = np.ones((1, 1, 3, 3))
+    assert AvgPool2D(3, 1, 1)(x)[0, 0, 0, 0] == 4 / 9
+    assert AvgPool2D(3, 1, 1, count_include_pad=False)(x)[0, 0, 0, 0] == 1.0
+    assert AvgPool2D(3, 1, 1, divisor_override=2)(x)[0, 0, 0, 0] == 2.0
+
+
+def test_lppool_p2_is_l2_norm_and_p1_signed_sum():
+    x = np.array([[3.0, -4.0], [0.0, 0.0]]).reshape(1, 1, 2, 2)
+    assert LPPool2D(2, 2)(x)[0, 0, 0, 0] == 5.0
+    assert LPPool2D(1, 2)(x)[0, 0, 0, 0] == -1.0
+    assert np.isnan(LPPool2D(3, 2)(x)[0, 0, 0, 0])          # (-37)^(1/3): NaN, as PyTorch
+    assert LPPool2D(float("inf"), 2)(x)[0, 0, 0, 0] == 4.0
+    assert LPPool2D(float("-inf"), 2)(x)[0, 0, 0, 0] == 0.0
+
+
+def test_lppool_zero_window_has_zero_gradient():
+    layer = LPPool2D(2, 2)
+    x = np.zeros((1, 1, 2, 4))
+    x[0, 0, 0, 2] = 1.0
+    layer(x)
+    dx = layer.backward(np.ones((1, 1, 1, 2)))
+    np.testing.assert_array_equal(dx[0, 0], [[0, 0, 1, 0], [0, 0, 0, 0]])
+
+
+def test_mixed_alpha_extremes_are_max_and_avg():
+    x = np.random.default_rng(9).standard_normal((2, 2, 6, 6))
+    np.testing.assert_array_equal(MixedPool2D(2, alpha=1.0)(x), MaxPool2D(2)(x))
+    np.testing.assert_allclose(MixedPool2D(2, alpha=0.0)(x), AvgPool2D(2)(x), rtol=1e-15)
+
+
+def test_mixed_learnable_params():
+    layer = MixedPool2D(2, alpha=0.25, learnable=True)
+    assert set(layer.params) == {"alpha"} and layer.params["alpha"].shape == (1,)
+    assert layer.params["alpha"][0] == 0.25
+    assert MixedPool2D(2).params == {}
+
+
+def test_unpool_default_and_full_output_size():
+    # 5x5 pooled 2x2 gives 2x2; the default unpooled size is 4x4, too small
+    # for indices into a 5-wide plane: output_size=(5, 5) restores the shape
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    y, idx = MaxPool2D(2, return_indices=True)(x)
+    np.testing.assert_array_equal(idx[0, 0], [[6, 8], [16, 18]])
+    unpool = MaxUnpool2D(2)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\).*found index 18"):
+        unpool(y, idx)
+    z = unpool(y, idx, output_size=(1, 1, 5, 5))             # full shape: last two used
+    assert z.shape == (1, 1, 5, 5)
+    np.testing.assert_array_equal(z, np.where(np.isin(x, [6, 8, 16, 18]), x, 0))
+    assert MaxUnpool2D(2)(y, np.zeros_like(idx)).shape == (1, 1, 4, 4)
+
+
+# ============================================================ invalid arguments
+@pytest.mark.parametrize("make, match", [
+    (lambda: MaxPool2D(2, padding=2), r"padding.*\(2, 2\)"),
+    (lambda: MaxPool2D(3, padding=2, dilation=1), r"padding.*\(2, 2\)"),
+    (lambda: MaxPool2D(2, stride=0), r"stride must be > 0, got \(0, 0\)"),
+    (lambda: MaxPool2D(2, stride=(1, -1)), r"stride must be > 0, got \(1, -1\)"),
+    (lambda: MaxPool2D(0), r"kernel_size must be > 0, got \(0, 0\)"),
+    (lambda: MaxPool2D(2, dilation=0), r"dilation must be > 0, got \(0, 0\)"),
+    (lambda: MaxPool2D(2, padding=-1), r"padding must be >= 0, got \(-1, -1\)"),
+    (lambda: AvgPool2D(3, padding=2), r"padding.*\(2, 2\)"),
+    (lambda: AvgPool2D(2, stride=0), r"stride must be > 0"),
+    (lambda: AvgPool2D(2, divisor_override=0), r"divisor_override.*got 0"),
+    (lambda: AvgPool2D(2, divisor_override=-2), r"divisor_override.*got -2"),
+    (lambda: LPPool2D(0, 2), r"norm_type.*got 0"),
+    (lambda: LPPool2D(-1.5, 2), r"norm_type.*got -1.5"),
+    (lambda: LPPool2D(float("nan"), 2), r"norm_type.*got nan"),
+    (lambda: LPPool2D(2, 0), r"kernel_size must be > 0"),
+    (lambda: MixedPool2D(2, alpha=1.5), r"alpha.*\[0, 1\].*got 1.5"),
+    (lambda: MixedPool2D(2, alpha=-0.1), r"alpha.*got -0.1"),
+    (lambda: MixedPool2D(2, stride=0), r"stride must be > 0"),
+    (lambda: MaxUnpool2D(0), r"kernel_size must be > 0"),
+    (lambda: MaxUnpool2D(2, padding=-1), r"padding must be >= 0"),
+])
+def test_invalid_hyperparameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MaxPool2D(2, ceil_mode="yes"),
+    lambda: MaxPool2D(2, return_indices=1),
+    lambda: AvgPool2D(2, count_include_pad=None),
+    lambda: MaxPool2D(2.5),
+])
+def test_invalid_types(make):
+    with pytest.raises(TypeError):
+        make()
+
+
+@pytest.mark.parametrize("layer", [MaxPool2D(5), AvgPool2D(4), LPPool2D(2, 4),
+                                   MixedPool2D(4), MaxPool2D(2, dilation=3)])
+def test_output_smaller_than_one_raises_at_forward(layer):
+    with pytest.raises(ValueError, match=r"too small.*output would be"):
+        layer(np.zeros((1, 1, 3, 3)))
+
+
+def test_wrong_rank_and_dout_shape():
+    layer = MaxPool2D(2)
+    with pytest.raises(ValueError, match="4-D"):
+        layer(np.zeros((4, 4)))
+    with pytest.raises(RuntimeError, match="before forward"):
+        MaxPool2D(2).backward(np.zeros((1, 1, 2, 2)))
+    layer(np.zeros((1, 1, 4, 4)))
+    with pytest.raises(ValueError, match=r"expected dout of shape \(1, 1, 2, 2\)"):
+        layer.backward(np.zeros((1, 1, 3, 3)))
+
+
+def test_unpool_invalid_arguments():
+    x = np.ones((1, 1, 2, 2))
+    unpool = MaxUnpool2D(2)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\).*found index 16"):
+        unpool(x, np.array([[[[0, 1], [2, 16]]]]))
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\).*found index -1"):
+        unpool(x, np.array([[[[0, -1], [2, 3]]]]))
+    with pytest.raises(ValueError, match="indices must have the shape"):
+        unpool(x, np.zeros((1, 1, 2, 3), np.int64))
+    with pytest.raises(TypeError, match="indices must be integers"):
+        unpool(x, np.zeros((1, 1, 2, 2)))
+    with pytest.raises(ValueError,
+                       match=r"invalid output_size \(6, 4\): dim 0 must be strictly between 2 and 6"):
+        unpool(x, np.zeros((1, 1, 2, 2), np.int64), output_size=(6, 4))
+    with pytest.raises(ValueError, match="output_size must be"):
+        unpool(x, np.zeros((1, 1, 2, 2), np.int64), output_size=(4, 4, 4))
