@@ -3,6 +3,10 @@
 Layers work on NCHW arrays and follow one protocol (``minicnn.layers.base``):
 ``forward(x) -> y``, ``backward(dout) -> dx``, ``params`` / ``grads`` dicts.
 """
+from minicnn import threads as _threads
+
+_threads.configure()  # before numpy and Numba start their pools: see minicnn/threads.py
+
 from minicnn.layers import *  # noqa: F401,F403  (every public layer)
 from minicnn.layers import LAYERS, Layer, build_layer
 from minicnn.losses import SoftmaxCrossEntropy

@@ -48,8 +48,9 @@ class TrainingInterrupted(Exception):
         self.checkpoint = checkpoint_path
 
 
-def evaluate(model, x, y, batch_size: int = 1000):
-    """(mean loss, accuracy) of ``model`` on ``(x, y)`` in eval mode."""
+def evaluate(model, x, y, batch_size: int = 256):
+    """(mean loss, accuracy) of ``model`` on ``(x, y)`` in eval mode.  The
+    batch is modest on purpose: it sets the peak memory of a training run."""
     was_training = model.training
     model.eval()
     ce = SoftmaxCrossEntropy()
@@ -66,7 +67,7 @@ def evaluate(model, x, y, batch_size: int = 1000):
     return loss_sum / n, correct / n
 
 
-def predict(model, x, batch_size: int = 1000) -> np.ndarray:
+def predict(model, x, batch_size: int = 256) -> np.ndarray:
     """Predicted class per example, in eval mode."""
     was_training = model.training
     model.eval()
