@@ -1,0 +1,175 @@
+"""One training step and one epoch of ``lenet`` and ``default``, batch 64.
+
+Same work in every column:
+
+* minicnn: ``Trainer.train_step`` (step) and ``Trainer.fit`` for one epoch
+  (no progress bar, no evaluation);
+* numpy: :class:`benchmarks.references.NumpyNet` (textbook im2col CNN) with
+  the same weights and optimiser; its epoch is the step time x batches per
+  epoch (extrapolated: a real numpy epoch would take minutes);
+* torch: ``nn.Sequential`` with the same layers and weights, the same
+  optimiser, ``F.cross_entropy``, the same batches (``minicnn.data.batches``).
+
+Optimisers: ``lenet`` SGD lr 0.05, momentum 0.9, Nesterov (the CLI recipe);
+``default`` Adam lr 3e-3 (the recipe's one-cycle schedule is left out: its
+cost is one multiply per step).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import minicnn as mc
+from benchmarks.harness import Stats, Timing, log, measure
+from benchmarks.references import NumpyNet
+from benchmarks.report import make_record
+from minicnn.data import MNISTNotFoundError, batches, find_data_dir, load_mnist
+from minicnn.models import build_model
+from minicnn.train import Trainer
+
+BATCH = 64
+OPTIM = {"lenet": ("sgd", 0.05), "default": ("adam", 3e-3)}
+
+
+def load_data(data_dir=None, tiny=False):
+    """-> (x, y, note): real MNIST's training set when found, else random
+    data of the same shape (the note says which)."""
+    if not tiny:
+        try:
+            folder = find_data_dir(data_dir)
+            x, y = load_mnist(folder, "train")
+            return x, y, f"real MNIST from {folder}: {len(x):,} training images"
+        except MNISTNotFoundError:
+            pass
+    n = 3 * 8 if tiny else 60_000
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, n).astype(np.int64)
+    why = "tiny test run" if tiny else "MNIST not found"
+    return x, y, f"synthetic ({why}): {n:,} random 1x28x28 images with random labels (the shape of MNIST)"
+
+
+def minicnn_trainer(name, seed=0, batch=BATCH):
+    model = build_model(name, seed=seed)
+    opt_name, lr = OPTIM[name]
+    params = model.parameters()
+    opt = mc.SGD(params, lr=lr, momentum=0.9, nesterov=True) if opt_name == "sgd" else mc.Adam(params, lr=lr)
+    return Trainer(model, opt, batch_size=batch, seed=seed, progress=False, model_name=name)
+
+
+def numpy_net(model, name):
+    opt_name, lr = OPTIM[name]
+    return NumpyNet.from_minicnn(model, optimizer=opt_name, lr=lr, momentum=0.9, nesterov=True)
+
+
+def torch_net(torch, model, name):
+    """-> (net, step): the same architecture and weights in PyTorch, and a
+    training step ``step(xb, yb)`` with the same optimiser."""
+    nn = torch.nn
+    layers = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding)
+            m.weight.data = torch.from_numpy(layer.params["W"].copy())
+            m.bias.data = torch.from_numpy(layer.params["b"].copy())
+        elif kind == "Dense":
+            m = nn.Linear(layer.in_features, layer.out_features)
+            m.weight.data = torch.from_numpy(layer.params["W"].T.copy())
+            m.bias.data = torch.from_numpy(layer.params["b"].copy())
+        elif kind == "MaxPool2D":
+            m = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+        elif kind == "ReLU":
+            m = nn.ReLU()
+        elif kind == "Flatten":
+            m = nn.Flatten()
+        else:
+            raise ValueError(f"no torch equivalent for {kind}")
+        layers.append(m)
+    net = nn.Sequential(*layers)
+    opt_name, lr = OPTIM[name]
+    opt = (torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True) if opt_name == "sgd"
+           else torch.optim.Adam(net.parameters(), lr=lr))
+    F = torch.nn.functional
+
+    def step(xb, yb):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(xb), yb)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return net, step
+
+
+def _epoch_times(fn, repeats):
+    return Stats.from_samples([_wall(fn) for _ in range(repeats)])
+
+
+def _wall(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run(ctx):
+    x, y, note = load_data(ctx.data_dir, ctx.tiny)
+    batch = 8 if ctx.tiny else BATCH
+    per_epoch = -(-len(x) // batch)
+    recs = []
+    for name in ("lenet", "default"):
+        log(f"[training] {name}")
+        tr = minicnn_trainer(name, batch=batch)
+        xb, yb = x[:batch].copy(), y[:batch].copy()
+        npnet = numpy_net(tr.model, name)
+        tstep = torch_net(ctx.torch, tr.model, name)[1] if ctx.torch is not None else None
+
+        mc_step = measure(lambda: tr.train_step(xb, yb, "benchmark"), ctx.timing)
+        np_step = measure(lambda: npnet.step(xb, yb), Timing(repeats=ctx.np_timing.repeats,
+                                                            min_sample=ctx.np_timing.min_sample, warmup=1))
+        t_step = None
+        if tstep is not None:
+            txb, tyb = ctx.torch.from_numpy(xb), ctx.torch.from_numpy(yb)
+            t_step = measure(lambda: tstep(txb, tyb), ctx.timing)
+        recs.append(make_record("training", name, "step", {"minicnn": mc_step, "numpy": np_step, "torch": t_step},
+                                config=f"batch {batch}", shape=f"{batch}x1x28x28"))
+
+        # ---- one epoch: the whole training set, unless the step times say it
+        # would take longer than the budget (a busy machine); then the first
+        # batches are timed and scaled, and the note says so
+        budget = 1e9 if ctx.tiny else 30.0 if ctx.quick else 180.0
+        slowest = max(mc_step.median, t_step.median if t_step is not None else 0.0)
+        n_batches = per_epoch if ctx.tiny else max(20, min(per_epoch, int(budget / max(slowest, 1e-9))))
+        if ctx.quick and name == "default":
+            n_batches = min(n_batches, 150)
+        reps = 1 if (ctx.tiny or ctx.quick or name == "default") else 3
+        xs, ys = x[:n_batches * batch], y[:n_batches * batch]
+        scale = per_epoch / -(-len(xs) // batch)
+        log(f"[training] {name} epoch: {n_batches} batches x {reps}")
+        mc_ep = _epoch_times(lambda: minicnn_trainer(name, batch=batch).fit(xs, ys, 1), reps)
+        t_ep = None
+        if tstep is not None:
+            torch = ctx.torch
+            tstep2 = torch_net(torch, build_model(name), name)[1]
+
+            def torch_epoch():
+                for bx, by in batches(xs, ys, batch, shuffle=True, seed=0, epoch=0):
+                    tstep2(torch.from_numpy(bx), torch.from_numpy(by))
+
+            t_ep = _epoch_times(torch_epoch, reps)
+        mc_ep, t_ep = _scaled(mc_ep, scale), _scaled(t_ep, scale)
+        np_ep = Stats(np_step.median * per_epoch, np_step.min * per_epoch, [], 0)
+        notes = f"numpy epoch = step x {per_epoch} (extrapolated)"
+        if scale != 1:
+            notes += f"; minicnn and torch: {n_batches} of {per_epoch} batches timed, scaled x{scale:.2f}"
+        recs.append(make_record("training", name, "epoch", {"minicnn": mc_ep, "numpy": np_ep, "torch": t_ep},
+                                config=f"batch {batch}, {reps} run(s)", shape=f"{len(x):,} images",
+                                notes=notes))
+    return recs, note
+
+
+def _scaled(st, k):
+    if st is None or k == 1:
+        return st
+    return Stats(st.median * k, st.min * k, [s * k for s in st.samples], st.inner)

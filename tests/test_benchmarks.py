@@ -1,0 +1,572 @@
+"""The benchmark harness: statistics, ratios, targets, writers, the naive
+references (they must compute what minicnn computes), the Numba practice
+checks, and a smoke run.  No test here asserts anything about a timing.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minicnn as mc
+from benchmarks import harness, references as R, report
+from benchmarks.harness import Stats, Timing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(**extra):
+    env = harness.clean_env()
+    env.update(extra)
+    return env
+
+
+# ------------------------------------------------------------ statistics
+def test_median_odd_even_and_empty():
+    assert harness.median([3, 1, 2]) == 2
+    assert harness.median([4, 1, 3, 2]) == 2.5
+    assert harness.median([5.0]) == 5.0
+    with pytest.raises(ValueError):
+        harness.median([])
+
+
+def test_ratio_handles_missing_and_zero():
+    assert harness.ratio(6.0, 2.0) == 3.0
+    assert harness.ratio(None, 2.0) is None
+    assert harness.ratio(1.0, None) is None
+    assert harness.ratio(1.0, 0.0) is None
+    assert harness.ratio(float("nan"), 1.0) is None
+
+
+def test_calls_per_sample():
+    assert harness.calls_per_sample(0.001, 0.02) == 20
+    assert harness.calls_per_sample(0.5, 0.02) == 1
+    assert harness.calls_per_sample(0.0, 0.02, max_inner=50) == 50
+    assert harness.calls_per_sample(1e-9, 0.02, max_inner=1000) == 1000
+
+
+def test_measure_with_a_fake_clock():
+    """Each call advances a fake clock by 2 ms: warm-up calls are not timed,
+    the inner loop reaches min_sample, every sample is 2 ms per call."""
+    state = {"t": 0.0, "calls": 0}
+
+    def clock():
+        return state["t"]
+
+    def fn():
+        state["calls"] += 1
+        state["t"] += 0.002
+
+    st = harness.measure(fn, Timing(repeats=5, min_sample=0.02, warmup=3), clock=clock)
+    assert st.inner == 10
+    assert len(st.samples) == 5
+    assert st.median == pytest.approx(0.002) and st.min == pytest.approx(0.002)
+    assert state["calls"] == 3 + 1 + 5 * 10
+
+
+def test_stats_from_samples():
+    st = Stats.from_samples([0.3, 0.1, 0.2], inner=4)
+    assert (st.median, st.min, st.inner) == (0.2, 0.1, 4)
+    assert st.to_dict() == {"median": 0.2, "min": 0.1, "samples": [0.3, 0.1, 0.2], "inner": 4}
+
+
+# ------------------------------------------------------- records, targets
+def _rec(section, name, phase, **medians):
+    return report.make_record(section, name, phase, {k: Stats(v, v, [v]) for k, v in medians.items()},
+                              config="cfg", shape="1x2x3x4",
+                              torch_kind="builtin" if section == "pooling" else None)
+
+
+def test_record_ratios_are_computed_from_the_times():
+    r = _rec("pooling", "MaxPool2D", "fwd+bwd", minicnn=1.0, torch=4.0, torch_cl=0.5, copy=0.25, numpy=30.0)
+    assert r["ratios"] == {"minicnn/torch": 0.25, "torch/minicnn": 4.0, "torch_cl/minicnn": 0.5,
+                           "minicnn/copy": 4.0, "numpy/minicnn": 30.0}
+    assert set(r["times"]) == set(report.IMPLS)
+    assert r["times"]["minicnn"]["median"] == 1.0
+    r2 = report.make_record("conv", "c", "fwd", {"minicnn": 0.5, "torch": None})
+    assert r2["ratios"]["torch/minicnn"] is None and r2["times"]["torch"] is None
+    assert r2["times"]["minicnn"]["median"] == 0.5
+
+
+def _results(pool_ratio_nchw=4.0, pool_ratio_cl=1.5, lenet_epoch=(2.0, 2.4), steps=(0.002, 0.05),
+             warm=1.5, rss=300 << 20):
+    recs = [_rec("pooling", "MaxPool2D", "fwd+bwd", minicnn=1.0, torch=pool_ratio_nchw, torch_cl=pool_ratio_cl),
+            _rec("pooling", "AvgPool2D", "fwd+bwd", minicnn=1.0, torch=10.0, torch_cl=10.0),
+            _rec("pooling", "MaxPool2D", "fwd", minicnn=1.0, torch=0.1, torch_cl=0.1)]  # fwd is not a target
+    emu = _rec("pooling", "StochasticPool2D", "fwd+bwd", minicnn=1.0, torch=0.1, torch_cl=0.1)
+    emu["torch_kind"] = "emulation"
+    recs.append(emu)
+    recs.append(_rec("training", "lenet", "epoch", minicnn=lenet_epoch[0], torch=lenet_epoch[1]))
+    recs.append(_rec("training", "lenet", "step", minicnn=steps[0], numpy=steps[1]))
+    return {"records": recs,
+            "compile": {"default": {"warm": {"wall": warm, "returncode": 0}}},
+            "memory": {"default": {"max_rss": rss, "returncode": 0, "command": "minicnn train"}}}
+
+
+def _by_target(ts):
+    return {t["target"]: t for t in ts}
+
+
+def test_targets_pass_when_every_ratio_is_met():
+    ts = report.targets(_results())
+    ok = {t["target"]: t["pass"] for t in ts}
+    assert ok["every pooling fwd+bwd >= 3x faster than PyTorch NCHW"] is True
+    assert ok["every pooling fwd+bwd no slower than PyTorch channels_last"] is True
+    assert ok["one LeNet epoch <= 1.0x PyTorch's time (batch 64)"] is True
+    assert ok["training (lenet step) >= 8x faster than the naive numpy reference"] is True
+    assert ok["training (default step) >= 8x faster than the naive numpy reference"] is None  # not measured
+    assert ok["warm start (import + first training batch, cached kernels) <= 2 s"] is True
+    assert ok["peak RSS of default `minicnn train` <= 1 GB"] is True
+    # the emulated torch column is named, not counted
+    assert "StochasticPool2D" in _by_target(ts)["every pooling fwd+bwd >= 3x faster than PyTorch NCHW"]["detail"]
+
+
+def test_targets_fail_from_the_measured_ratios():
+    ts = _by_target(report.targets(_results(pool_ratio_nchw=2.9, pool_ratio_cl=0.9, lenet_epoch=(3.0, 2.4),
+                                            steps=(0.01, 0.05), warm=2.5, rss=2 << 30)))
+    nchw = ts["every pooling fwd+bwd >= 3x faster than PyTorch NCHW"]
+    assert nchw["pass"] is False and "1/2 cases pass" in nchw["measured"] and "MaxPool2D" in nchw["detail"]
+    assert ts["every pooling fwd+bwd no slower than PyTorch channels_last"]["pass"] is False
+    assert ts["one LeNet epoch <= 1.0x PyTorch's time (batch 64)"]["pass"] is False
+    assert ts["training (lenet step) >= 8x faster than the naive numpy reference"]["pass"] is False
+    assert ts["warm start (import + first training batch, cached kernels) <= 2 s"]["pass"] is False
+    assert ts["peak RSS of default `minicnn train` <= 1 GB"]["pass"] is False
+
+
+def test_targets_not_measured_without_data():
+    ts = report.targets({"records": []})
+    assert all(t["pass"] is None for t in ts)
+    assert len(ts) == 7
+
+
+def test_failed_child_fails_its_target():
+    res = _results()
+    res["compile"]["default"]["warm"]["returncode"] = 1
+    res["memory"]["default"]["returncode"] = 1
+    ts = _by_target(report.targets(res))
+    assert ts["warm start (import + first training batch, cached kernels) <= 2 s"]["pass"] is False
+    assert ts["peak RSS of default `minicnn train` <= 1 GB"]["pass"] is False
+
+
+def test_fmt_time_units():
+    assert report.fmt_time(None) == "—"
+    assert report.fmt_time(2.5) == "2.50 s"
+    assert report.fmt_time(0.0123) == "12.3 ms"
+    assert report.fmt_time(0.25) == "250 ms"
+    assert report.fmt_time(35e-6) == "35 µs"
+
+
+# ---------------------------------------------------------------- writers
+def _full_results():
+    res = _results()
+    res["records"].append(_rec("conv", "lenet.conv1", "fwd", minicnn=0.001, numpy=0.01, torch=0.002, copy=0.0001))
+    res["environment"] = {"host": "my host/1", "date": "2030-01-02 03:04:05", "numba_threads": 2,
+                          "numba_threading_layer": "omp", "blas": {"name": "openblas"}}
+    res["meta"] = {"mode": "quick", "loadavg_start": [0.1, 0.2, 0.3], "loadavg_end": [0.4, 0.5, 0.6]}
+    res["compile"]["default"]["cold"] = {"wall": 9.0, "returncode": 0, "child": {"import_s": 0.5}}
+    res["threads"] = {"runs": [{"model": "lenet", "scenario": "quiet", "config": "default", "median": 0.01,
+                                "min": 0.009, "baseline": 0.01, "steps": 5, "loadavg": [1, 1, 1]}],
+                      "recommendation": "use X"}
+    res["experiments"] = [{"name": "e", "shape": "s", "current": {"median": 2.0, "min": 1.0},
+                           "candidate": {"median": 1.0, "min": 1.0}, "same": True}]
+    res["kernel_options"] = [{"module": "pooling", "name": "k", "cache": True, "parallel": True, "fastmath": False}]
+    res["targets"] = report.targets(res)
+    return res
+
+
+def test_markdown_has_sections_and_columns():
+    md = report.markdown(_full_results())
+    for heading in ("## Environment", "## Targets", "## Pooling", "## Convolution", "## Training",
+                    "## Numba compile time and warm start", "## Peak memory", "## Thread oversubscription study",
+                    "## Experiments", "## Numba practice: kernel options"):
+        assert heading in md
+    for column in ("minicnn median (min)", "copy roof", "numpy", "torch NCHW", "torch CL", "mc/torch", "torch/mc",
+                   "torchCL/mc", "mc/copy", "numpy/mc"):
+        assert f"| {column} |" in md or f" {column} |" in md
+    assert "**PASS**" in md and "not measured" in md
+    assert "use X" in md
+    # every table row has as many cells as its header
+    for block in md.split("\n\n"):
+        rows = [l for l in block.splitlines() if l.startswith("|")]
+        if rows:
+            n = rows[0].count(" | ")
+            assert all(r.replace("\\|", "").count(" | ") == n for r in rows[2:]), block
+
+
+def test_write_produces_markdown_and_json_atomically(tmp_path):
+    res = _full_results()
+    md_path, json_path = report.write(res, str(tmp_path), suffix="-quick")
+    assert os.path.basename(md_path) == "2030-01-02-my_host_1-quick.md" or md_path.endswith("-my_host_1-quick.md")
+    assert json_path == md_path[:-3] + ".json"
+    data = json.loads(open(json_path).read())
+    assert {"records", "targets", "environment", "meta", "compile", "memory", "threads"} <= set(data)
+    rec = data["records"][0]
+    assert {"section", "name", "config", "shape", "phase", "times", "ratios", "notes"} <= set(rec)
+    assert {"median", "min", "samples", "inner"} <= set(rec["times"]["minicnn"])
+    assert {"target", "measured", "pass", "detail"} <= set(data["targets"][0])
+    assert open(md_path).read().startswith("# minicnn benchmarks")
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(md_path), os.path.basename(json_path)])
+
+
+def test_markdown_can_be_rendered_again_from_the_json(tmp_path):
+    md_path, json_path = report.write(_full_results(), str(tmp_path))
+    first = open(md_path).read()
+    os.unlink(md_path)
+    assert report.main([json_path]) == 0
+    assert open(md_path).read() == first
+
+
+def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path):
+    p = tmp_path / "sub" / "f.txt"
+    harness.atomic_write(str(p), "one")
+    harness.atomic_write(str(p), "two")
+    assert p.read_text() == "two"
+    assert os.listdir(p.parent) == ["f.txt"]
+
+
+def test_output_paths_use_date_and_host(tmp_path):
+    md, js = report.output_paths(str(tmp_path), "a b", date="2031-05-06")
+    assert md == os.path.join(str(tmp_path), "2031-05-06-a_b.md") and js.endswith("2031-05-06-a_b.json")
+
+
+# ----------------------------------------------------------- subprocesses
+def test_run_child_reports_exit_peak_rss_and_json():
+    code = "import json; b = bytearray(80 * 2**20); b[::4096] = b'x' * len(b[::4096]); print(json.dumps({'ok': 1}))"
+    r = harness.run_child([sys.executable, "-c", code], env=_env(), rss=True)
+    assert r.returncode == 0 and r.json() == {"ok": 1}
+    assert r.max_rss >= 80 * 2**20
+    for rss in (False, True):
+        r = harness.run_child([sys.executable, "-c", "import sys; print('x'); sys.exit(3)"], env=_env(), rss=rss)
+        assert r.returncode == 3 and r.json() is None and r.stdout.strip() == "x"
+
+
+def test_child_peak_rss_does_not_include_the_parents():
+    """Linux keeps the pre-exec address space's high-water RSS in a child's
+    ru_maxrss; the launcher keeps a big parent's memory out of the figure."""
+    big = np.ones(300 * 2**20 // 8)           # this process: > 300 MB resident
+    r = harness.run_child([sys.executable, "-c", "pass"], env=_env(), rss=True)
+    assert r.returncode == 0
+    assert 0 < r.max_rss < 150 * 2**20, r.max_rss
+    del big
+
+
+def test_clean_env_drops_thread_variables(monkeypatch):
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "7")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "7")
+    env = harness.clean_env({"OMP_WAIT_POLICY": "PASSIVE"})
+    assert "NUMBA_NUM_THREADS" not in env and "OPENBLAS_NUM_THREADS" not in env
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert ROOT in env["PYTHONPATH"].split(os.pathsep)
+
+
+def test_thread_recommendation_is_computed_from_the_runs():
+    from benchmarks.threads import recommend
+
+    runs = []
+    for scen, times in (("quiet", {"default": 1.0, "A": 1.02, "B": 0.98, "C": 2.0}),
+                        ("contended", {"default": 10.0, "A": 1.2, "B": 9.0, "C": 0.5})):
+        for model in ("lenet", "default"):
+            for cfg, t in times.items():
+                runs.append({"scenario": scen, "model": model, "config": cfg, "median": t,
+                             "baseline": times["default"]})
+    best, text = recommend(runs)
+    assert best == "A" and "`A`" in text       # C is best contended but 2x slower on a quiet machine
+    quiet_only = [r for r in runs if r["scenario"] == "quiet"]
+    assert recommend(quiet_only)[0] == "B"
+    assert recommend([]) == (None, "no complete measurements")
+
+
+def test_synthetic_idx_files_load_with_minicnn(tmp_path):
+    from benchmarks.memory import synthetic_mnist
+    from minicnn.data import load_mnist
+
+    synthetic_mnist(str(tmp_path), 20, 10)
+    x, y = load_mnist(str(tmp_path), "train")
+    assert x.shape == (20, 1, 28, 28) and y.shape == (20,) and y.max() <= 9
+
+
+# ------------------------------------------------- references == minicnn
+RNG = np.random.default_rng(1234)
+
+
+def _x(shape, positive=False):
+    x = RNG.standard_normal(shape).astype(np.float32)
+    return np.abs(x) if positive else x
+
+
+@pytest.mark.parametrize("k,s,p,shape", [(2, 2, 0, (2, 3, 8, 8)), (3, 2, 1, (2, 3, 9, 7)),
+                                         (3, 1, 1, (1, 2, 5, 6)), (2, 2, 0, (2, 2, 7, 9))])
+def test_maxpool_reference_matches_minicnn(k, s, p, shape):
+    x = _x(shape)
+    layer = mc.MaxPool2D(k, s, p, return_indices=True)
+    y, idx = layer.forward(x)
+    ry, ridx = R.maxpool_forward(x, k, s, p)
+    np.testing.assert_array_equal(ry, y)
+    np.testing.assert_array_equal(ridx, idx)
+    g = _x(y.shape)
+    np.testing.assert_allclose(R.maxpool_backward(g, ridx, x.shape), layer.backward(g), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (3, 1, 1)])
+def test_avgpool_reference_matches_minicnn(k, s, p):
+    x = _x((2, 3, 9, 8))
+    layer = mc.AvgPool2D(k, s, p)
+    y = layer.forward(x)
+    np.testing.assert_allclose(R.avgpool_forward(x, k, s, p), y, rtol=1e-5, atol=1e-6)
+    g = _x(y.shape)
+    np.testing.assert_allclose(R.avgpool_backward(g, x.shape, k, s, p), layer.backward(g), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 2)])
+def test_lppool_and_mixed_references_match_minicnn(k, s):
+    x = _x((2, 3, 8, 8))
+    lp = mc.LPPool2D(2, k, s)
+    y = lp.forward(x)
+    ry, sums = R.lppool_forward(x, 2.0, k, s)
+    np.testing.assert_allclose(ry, y, rtol=1e-5)
+    g = _x(y.shape)
+    np.testing.assert_allclose(R.lppool_backward(g, x, ry, sums, 2.0, k, s), lp.backward(g), rtol=1e-4, atol=1e-5)
+
+    mix = mc.MixedPool2D(k, s, alpha=0.3)
+    y = mix.forward(x)
+    ry, idx = R.mixedpool_forward(x, k, s, 0.3)
+    np.testing.assert_allclose(ry, y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(R.mixedpool_backward(g, idx, x.shape, k, s, 0.3), mix.backward(g),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 2)])
+def test_stochastic_reference_matches_minicnn(k, s):
+    x = _x((2, 3, 8, 8), positive=True)
+    x[0, 0, :3, :3] = 0.0                           # an all-zero window: output 0, no gradient
+    layer = mc.StochasticPool2D(k, s, seed=5)
+    y = layer.forward(x)
+    u = np.random.default_rng(5).random(y.shape)    # the layer's first draw
+    ry, idx = R.stochastic_forward(x, u, k, s)
+    np.testing.assert_array_equal(ry, y)
+    g = _x(y.shape)
+    np.testing.assert_allclose(R.maxpool_backward(g, idx, x.shape), layer.backward(g), rtol=1e-6)
+
+
+@pytest.mark.parametrize("k,out", [(2, (4, 4)), (3, (4, 3))])
+def test_fractional_reference_matches_minicnn(k, out):
+    x = _x((2, 3, 8, 9))
+    layer = mc.FractionalMaxPool2D(k, output_size=out, seed=3)
+    y = layer.forward(x)
+    ry, idx = R.fractional_forward(x, layer.samples, k, out)
+    np.testing.assert_array_equal(ry, y)
+    g = _x(y.shape)
+    np.testing.assert_allclose(R.maxpool_backward(g, idx, x.shape), layer.backward(g), rtol=1e-6)
+
+
+@pytest.mark.parametrize("o", [1, 3, 4])
+def test_adaptive_references_match_minicnn(o):
+    x = _x((2, 3, 10, 7))
+    avg = mc.AdaptiveAvgPool2D(o)
+    y = avg.forward(x)
+    np.testing.assert_allclose(R.adaptive_avg_forward(x, o, o), y, rtol=1e-5, atol=1e-6)
+    g = _x(y.shape)
+    np.testing.assert_allclose(R.adaptive_avg_backward(g, x.shape), avg.backward(g), rtol=1e-5, atol=1e-6)
+    mx = mc.AdaptiveMaxPool2D(o, return_indices=True)
+    y, idx = mx.forward(x)
+    ry, ridx = R.adaptive_max_forward(x, o, o)
+    np.testing.assert_array_equal(ry, y)
+    np.testing.assert_array_equal(ridx, idx)
+    np.testing.assert_allclose(R.adaptive_max_backward(g, ridx, x.shape), mx.backward(g), rtol=1e-6)
+
+
+def test_global_and_spp_references_match_minicnn():
+    x = _x((2, 3, 9, 8))
+    ga = mc.GlobalAvgPool2D()
+    y = ga.forward(x)
+    np.testing.assert_allclose(R.global_avg_forward(x), y, rtol=1e-5, atol=1e-6)
+    g = _x(y.shape)
+    np.testing.assert_allclose(R.global_avg_backward(g, x.shape), ga.backward(g), rtol=1e-5, atol=1e-7)
+    gm = mc.GlobalMaxPool2D()
+    y = gm.forward(x)
+    ry, idx = R.global_max_forward(x)
+    np.testing.assert_array_equal(ry, y)
+    np.testing.assert_allclose(R.global_max_backward(g, idx, x.shape), gm.backward(g))
+    spp = mc.SpatialPyramidPool2D((1, 2, 4), "max")
+    y = spp.forward(x)
+    ry, idxs = R.spp_forward(x, (1, 2, 4))
+    np.testing.assert_array_equal(ry, y)
+    g = _x(y.shape)
+    np.testing.assert_allclose(R.spp_backward(g, idxs, x.shape, (1, 2, 4)), spp.backward(g), rtol=1e-6)
+
+
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1)])
+def test_maxunpool_reference_matches_minicnn(k, s, p):
+    x = _x((2, 3, 8, 8))
+    pooled, idx = mc.MaxPool2D(k, s, p, return_indices=True).forward(x)
+    layer = mc.MaxUnpool2D(k, s, p)
+    y = layer.forward(pooled, idx, (8, 8))
+    np.testing.assert_array_equal(R.maxunpool_forward(pooled, idx, (8, 8)), y)
+    g = _x(y.shape)
+    np.testing.assert_array_equal(R.maxunpool_backward(g, idx), layer.backward(g))
+
+
+@pytest.mark.parametrize("C,F,H,pad", [(1, 4, 8, 1), (3, 5, 7, 1), (2, 3, 6, 0)])
+def test_im2col_conv_reference_matches_conv2d(C, F, H, pad):
+    mc.manual_seed(0)
+    layer = mc.Conv2D(C, F, 3, padding=pad)
+    x = _x((2, C, H, H))
+    y = layer.forward(x)
+    ry, cache = R.conv_forward(x, layer.params["W"], layer.params["b"], 1, pad)
+    np.testing.assert_allclose(ry, y, rtol=1e-5, atol=1e-5)
+    g = _x(y.shape)
+    dx = layer.backward(g)
+    rdx, rdW, rdb = R.conv_backward(g, cache)
+    np.testing.assert_allclose(rdx, dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rdW, layer.grads["W"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rdb, layer.grads["b"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_numpy_net_step_matches_minicnn_training_step(opt):
+    from minicnn.models import build_model
+    from minicnn.train import Trainer
+
+    model = build_model("lenet", seed=0)
+    net = R.NumpyNet.from_minicnn(model, optimizer=opt, lr=0.01 if opt == "sgd" else 1e-3,
+                                  momentum=0.9, nesterov=True)
+    params = model.parameters()
+    optim = mc.SGD(params, lr=0.01, momentum=0.9, nesterov=True) if opt == "sgd" else mc.Adam(params, lr=1e-3)
+    tr = Trainer(model, optim, batch_size=8, progress=False)
+    x, y = _x((8, 1, 28, 28)), RNG.integers(0, 10, 8)
+    for step in range(2):
+        loss, _ = tr.train_step(x, y, f"step {step}")
+        assert net.step(x, y) == pytest.approx(loss, rel=1e-5)
+    mine = [spec[k] for _, spec, k in net.params()]
+    theirs = [p for _, p, _ in model.parameters()]
+    for a, b in zip(mine, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_net_matches_minicnn_forward():
+    """The PyTorch column trains the same network: same layers, same weights."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.training import torch_net
+    from minicnn.models import build_model
+
+    for name in ("lenet", "default"):
+        model = build_model(name, seed=0)
+        x = _x((4, 1, 28, 28))
+        net, _ = torch_net(torch, model, name)
+        with torch.no_grad():
+            out = net(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(out, model.forward(x), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------ Numba practice
+def _dispatchers():
+    import minicnn.kernels as kernels
+    from numba.core.dispatcher import Dispatcher
+
+    for info in pkgutil.iter_modules(kernels.__path__):
+        mod = importlib.import_module(f"minicnn.kernels.{info.name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, Dispatcher) and obj.py_func.__module__ == mod.__name__:
+                yield mod, name, obj
+
+
+def test_every_kernel_is_cached_and_every_public_kernel_parallel():
+    """cache=True everywhere (a real on-disk cache, not numba's NullCache;
+    ``cache`` is not kept in ``targetoptions``).  parallel=True on every
+    kernel the layers call; the private ``_helpers`` jitted with plain
+    ``@njit(cache=True)`` are inlined into the parallel kernels' loop bodies
+    and have no loop of their own to parallelise."""
+    found = list(_dispatchers())
+    assert len(found) >= 10
+    for mod, name, d in found:
+        where = f"{mod.__name__}.{name}"
+        assert type(d._cache).__name__ != "NullCache", f"{where}: compiled without cache=True"
+        if not name.startswith("_"):
+            assert d.targetoptions.get("parallel") is True, f"{where}: compiled without parallel=True"
+            plain = getattr(mod, "_" + name, None)
+            assert plain is d.py_func, f"{where}: compile the plain function _{name} by name (GUIDE practice 1)"
+    assert harness.kernel_options() and all(k["cache"] for k in harness.kernel_options())
+
+
+def test_numba_num_threads_is_respected():
+    code = ("import minicnn, numba, numpy as np\n"
+            "from minicnn.kernels import pooling as K\n"
+            "K.maxpool2d_backward(np.zeros((2, 2, 2), np.float32), np.zeros((2, 2, 2), np.int64),"
+            " np.zeros((2, 4, 4), np.float32))\n"
+            "print(numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(NUMBA_NUM_THREADS="1"),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"]
+
+
+# --------------------------------------------------------------- the CLI
+def test_help_works():
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--quick", "--only", "--repeats", "--out", "--tiny"):
+        assert flag in out.stdout
+
+
+def test_bad_section_is_a_usage_error():
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "nope"], cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "unknown section" in out.stderr
+
+
+def test_smoke_run_tiny_pooling_and_conv(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--only", "pooling,conv,experiments",
+                          "--repeats", "1", "--out", str(tmp_path)],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 2 and files[0].endswith("-tiny.json") and files[1].endswith("-tiny.md")
+    data = json.loads((tmp_path / files[0]).read_text())
+    layers = {r["name"] for r in data["records"] if r["section"] == "pooling"}
+    assert layers == {"MaxPool2D", "AvgPool2D", "LPPool2D", "MixedPool2D", "StochasticPool2D",
+                      "FractionalMaxPool2D", "AdaptiveAvgPool2D", "AdaptiveMaxPool2D", "GlobalAvgPool2D",
+                      "GlobalMaxPool2D", "SpatialPyramidPool2D", "MaxUnpool2D"}
+    assert {r["phase"] for r in data["records"]} == {"fwd", "bwd", "fwd+bwd"}
+    assert all(r["times"]["minicnn"] and r["times"]["copy"] and r["times"]["numpy"] for r in data["records"])
+    assert all(e["same"] for e in data["experiments"])
+    assert "errors" not in data
+    md = (tmp_path / files[1]).read_text()
+    assert "## Pooling" in md and "## Convolution" in md and "## Targets" in md
+
+
+def test_smoke_run_tiny_training_and_subprocess_sections(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--no-torch",
+                          "--only", "training,compile,memory,threads", "--out", str(tmp_path)],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(next(p for p in tmp_path.iterdir() if p.suffix == ".json").read_text())
+    assert {(r["name"], r["phase"]) for r in data["records"]} == {
+        ("lenet", "step"), ("lenet", "epoch"), ("default", "step"), ("default", "epoch")}
+    assert data["memory"]["default"]["returncode"] == 0 and data["memory"]["default"]["max_rss"] > 0
+    assert all(r.get("median") for r in data["threads"]["runs"]), data["threads"]
+    assert "synthetic" in data["meta"]["data"]
+    for kind in ("cold", "warm"):
+        run = data["compile"]["default"][kind]
+        assert run["returncode"] == 0 and run["child"]["first_step_s"] > 0
+    assert data["compile"]["default"]["warm"]["child"]["numba_cache_files"] > 0
+
+
+def test_one_openmp_runtime_when_numba_starts_before_torch():
+    """The harness starts Numba's pool before importing torch, so the process
+    has one OpenMP runtime (torch ships its own libgomp.so.1)."""
+    pytest.importorskip("torch")
+    code = ("from benchmarks import harness\n"
+            "harness.start_numba_pool()\n"
+            "import torch\n"
+            "print(len(harness.openmp_runtimes()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]
