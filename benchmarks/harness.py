@@ -413,21 +413,11 @@ def load_torch(threads: int, enabled: bool = True):
 
 # ------------------------------------------------------------------- output
 def atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and
-    ``os.replace``: a reader never sees a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` (UTF-8) to ``path`` atomically, with minicnn's own
+    temporary-file + ``os.replace`` writer: a reader never sees half a file."""
+    from minicnn.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def log(msg: str) -> None:
