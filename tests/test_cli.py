@@ -113,3 +113,38 @@ def test_python_dash_m_matches_console_entry(capsys):
     assert r.returncode == 0
     assert main(["summary", "--model", "lenet"]) == 0
     assert r.stdout == capsys.readouterr().out
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    """A real SIGINT to `minicnn train`: exit 130, one line naming --resume,
+    and a checkpoint that loads and can be resumed."""
+    import signal
+    import time
+
+    from conftest import write_mnist_folder
+    from minicnn import checkpoint
+
+    data = write_mnist_folder(tmp_path / "data", n_train=4000, n_test=100)
+    ck = tmp_path / "ck.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "minicnn", "train", "--model", "lenet",
+                             "--epochs", "50", "--batch-size", "16", "--data-dir", data,
+                             "--save", str(ck)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        seen = ""
+        while "batch" not in seen and time.time() < deadline:   # the progress bar has started
+            seen += proc.stderr.read(1)
+        assert "batch" in seen, "training never started"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    lines = [l for l in err.splitlines() if "resume with" in l]
+    assert len(lines) == 1 and f"minicnn train --resume {ck}" in lines[0]
+    model, meta, optim = checkpoint.load(str(ck))
+    assert meta["extra"]["model_name"] == "lenet" and optim["steps"] > 0
