@@ -26,6 +26,13 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(cache=True)
+def _bin(i, length, bins):
+    """Bin ``i`` of ``length`` cells split into ``bins``: the half-open range
+    ``[floor(i*length/bins), ceil((i+1)*length/bins))`` (PyTorch's rule)."""
+    return (i * length) // bins, ((i + 1) * length + bins - 1) // bins
+
+
 def _adaptive_avg_forward(x, out):
     """Adaptive average pooling, ``x`` (N, C, H, W) -> ``out`` (N, C, oH, oW).
 
@@ -42,11 +49,9 @@ def _adaptive_avg_forward(x, out):
         n = p // C
         c = p % C
         for i in range(oH):
-            h0 = (i * H) // oH
-            h1 = ((i + 1) * H + oH - 1) // oH
+            h0, h1 = _bin(i, H, oH)
             for j in range(oW):
-                w0 = (j * W) // oW
-                w1 = ((j + 1) * W + oW - 1) // oW
+                w0, w1 = _bin(j, W, oW)
                 s = np.float64(0.0)
                 for h in range(h0, h1):
                     for w in range(w0, w1):
@@ -77,11 +82,9 @@ def _adaptive_avg_backward(dout, dx):
             for w in range(W):
                 dx[n, c, h, w] = 0.0
         for i in range(oH):
-            h0 = (i * H) // oH
-            h1 = ((i + 1) * H + oH - 1) // oH
+            h0, h1 = _bin(i, H, oH)
             for j in range(oW):
-                w0 = (j * W) // oW
-                w1 = ((j + 1) * W + oW - 1) // oW
+                w0, w1 = _bin(j, W, oW)
                 g = np.float64(dout[n, c, i, j]) / ((h1 - h0) * (w1 - w0))
                 for h in range(h0, h1):
                     for w in range(w0, w1):
@@ -108,11 +111,9 @@ def _adaptive_max_forward(x, out, argmax):
         n = p // C
         c = p % C
         for i in range(oH):
-            h0 = (i * H) // oH
-            h1 = ((i + 1) * H + oH - 1) // oH
+            h0, h1 = _bin(i, H, oH)
             for j in range(oW):
-                w0 = (j * W) // oW
-                w1 = ((j + 1) * W + oW - 1) // oW
+                w0, w1 = _bin(j, W, oW)
                 best = x[n, c, h0, w0]
                 best_k = h0 * W + w0
                 for h in range(h0, h1):
