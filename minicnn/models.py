@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from minicnn.layers import Conv2D, Dense, Flatten, ReLU
+from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from minicnn.model import Sequential
 from minicnn.seeding import manual_seed
 
@@ -38,23 +38,18 @@ class ModelSpec:
     recipe: Recipe = field(default_factory=Recipe)
 
 
-def _pool(k):
-    from minicnn.layers import MaxPool2D  # the pooling family lives in its own module
-    return MaxPool2D(k)
-
-
 def default_model():
     return Sequential([
-        Conv2D(1, 32, 3, padding=1), ReLU(), _pool(2),     # 32 x 14 x 14
-        Conv2D(32, 64, 3, padding=1), ReLU(), _pool(2),    # 64 x 7 x 7
+        Conv2D(1, 32, 3, padding=1), ReLU(), MaxPool2D(2),     # 32 x 14 x 14
+        Conv2D(32, 64, 3, padding=1), ReLU(), MaxPool2D(2),    # 64 x 7 x 7
         Flatten(), Dense(64 * 7 * 7, 128), ReLU(), Dense(128, 10),
     ], input_shape=(1, 28, 28), name="default")
 
 
 def lenet():
     return Sequential([
-        Conv2D(1, 8, 3, padding=1), ReLU(), _pool(2),      # 8 x 14 x 14
-        Conv2D(8, 16, 3, padding=1), ReLU(), _pool(2),     # 16 x 7 x 7
+        Conv2D(1, 8, 3, padding=1), ReLU(), MaxPool2D(2),      # 8 x 14 x 14
+        Conv2D(8, 16, 3, padding=1), ReLU(), MaxPool2D(2),     # 16 x 7 x 7
         Flatten(), Dense(16 * 7 * 7, 10),
     ], input_shape=(1, 28, 28), name="lenet")
 
@@ -65,7 +60,7 @@ def pool_params_nopool():
 
 
 def pool_params_pool():
-    return Sequential([Conv2D(3, 64, 3, padding=1), ReLU(), _pool(2), Flatten(), Dense(64 * 16 * 16, 100)],
+    return Sequential([Conv2D(3, 64, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(64 * 16 * 16, 100)],
                       input_shape=(3, 32, 32), name="pool_params_pool")
 
 

@@ -42,14 +42,17 @@ class Layer:
     def backward(self, dout):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __call__(self, *inputs):
+    def __call__(self, *inputs, **kwargs):
         """``layer(node)`` wires the layer into a functional graph
-        (see :mod:`minicnn.model`); ``layer(array)`` runs ``forward``."""
+        (see :mod:`minicnn.model`); ``layer(array, ...)`` runs ``forward``
+        with the same arguments, keywords included."""
         from minicnn.model import Node  # local import: model imports layers
 
         if inputs and all(isinstance(i, Node) for i in inputs):
+            if kwargs:
+                raise TypeError(f"{self.name}: keyword arguments cannot be wired into a graph node")
             return Node(self, list(inputs))
-        return self.forward(*inputs)
+        return self.forward(*inputs, **kwargs)
 
     def config(self) -> dict:
         """Constructor keyword arguments, JSON-able (override per layer)."""

@@ -214,13 +214,6 @@ class MaxUnpool2D(_Pool):
     def config(self):
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
 
-    def __call__(self, *inputs, output_size=None):
-        """``unpool(x, indices, output_size=...)`` as in PyTorch (Layer.__call__
-        takes no keywords); graph wiring with nodes is unchanged."""
-        if output_size is None:
-            return super().__call__(*inputs)
-        return self.forward(*inputs, output_size=output_size)
-
     def _output_hw(self, hw, output_size):
         default = tuple((L - 1) * s - 2 * p + k for L, k, s, p in
                         zip(hw, self.kernel_size, self.stride, self.padding))
