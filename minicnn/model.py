@@ -94,13 +94,21 @@ class _Graph:
             raise
         return values[id(self._output)]
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad: bool = True):
         """Backpropagate ``dout`` (gradient w.r.t. the output); returns dx.
-        Parameter gradients land in each layer's ``grads``."""
+        Parameter gradients land in each layer's ``grads``.
+
+        ``input_grad=False`` (training: nobody needs the gradient with
+        respect to the data) returns None and lets the layers that read
+        only the input compute just their parameter gradients
+        (:meth:`Layer.backward_params`)."""
         grads = {id(self._output): dout}
         for node in reversed(self._nodes[1:]):
             g = grads.pop(id(node), None)
             if g is None:  # node does not reach the output
+                continue
+            if not input_grad and all(i is self._input for i in node.inputs):
+                node.layer.backward_params(g)
                 continue
             din = node.layer.backward(g)
             if len(node.inputs) == 1:
@@ -108,7 +116,7 @@ class _Graph:
             for inp, d in zip(node.inputs, din):
                 prev = grads.get(id(inp))
                 grads[id(inp)] = d if prev is None else prev + d
-        return grads.get(id(self._input))
+        return grads.get(id(self._input)) if input_grad else None
 
     __call__ = forward
 

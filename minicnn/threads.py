@@ -28,3 +28,24 @@ import os
 def configure() -> None:
     """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# Waking the thread pool costs tens of microseconds on an idle machine and
+# milliseconds when the cores are busy; below this many elements a kernel
+# runs on the calling thread alone (same code, same result bit for bit).
+PARALLEL_MIN_SIZE = 1 << 15
+
+
+def run_kernel(kernel, *args, size: int):
+    """Call a ``prange`` kernel; on the calling thread alone when the work
+    touches fewer than :data:`PARALLEL_MIN_SIZE` elements."""
+    if size >= PARALLEL_MIN_SIZE:
+        return kernel(*args)
+    import numba  # local: keep ``import minicnn.threads`` free of numba
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(threads)

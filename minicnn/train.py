@@ -115,7 +115,7 @@ class Trainer:
         loss = self.loss.forward(logits, yb)
         if not math.isfinite(loss):
             raise NonFiniteError(f"loss is {loss} at {where}; training stopped before the update")
-        self.model.backward(self.loss.backward())
+        self.model.backward(self.loss.backward(), input_grad=False)
         grads = [g for _, _, g in self.optimizer.parameters]
         norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
         if not math.isfinite(norm):

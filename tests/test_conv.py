@@ -212,6 +212,49 @@ def test_im2col_layout_against_definition():
                             assert cols[(c * kh + i) * kw + j, (n * Ho + oh) * Wo + ow] == want
 
 
+# Both loop shapes of im2col/col2im: stride 1 with W_out == W takes the flat
+# "shifted plane" path (including H_out != H and offsets wider than the plane),
+# everything else the row-by-row path.
+KERNEL_PATHS = [
+    # (N, C, H, W, kh, kw, sh, sw, ph, pw)
+    (2, 2, 5, 4, 3, 3, 1, 1, 1, 1),    # flat: 3x3 "same"
+    (1, 3, 6, 5, 3, 3, 1, 1, 0, 1),    # flat: H_out = H - 2
+    (2, 1, 3, 2, 5, 5, 1, 1, 2, 2),    # flat: kernel wider than the plane
+    (1, 2, 1, 1, 3, 3, 1, 1, 1, 1),    # flat: 1x1 plane, only the centre tap is inside
+    (2, 2, 4, 4, 1, 1, 1, 1, 0, 0),    # flat: 1x1 kernel
+    (2, 2, 5, 4, 3, 2, 2, 1, 1, 1),    # rows: stride 2 in H
+    (1, 2, 7, 7, 3, 3, 2, 2, 1, 1),    # rows: stride 2
+    (1, 1, 4, 3, 1, 3, 1, 1, 2, 0),    # rows: W_out != W
+]
+
+
+@pytest.mark.parametrize("case", KERNEL_PATHS)
+def test_im2col_and_col2im_against_definition(case):
+    """cols[(c*kh + i)*kw + j, (n*Ho + oh)*Wo + ow] = x[n, c, oh*sh - ph + i, ow*sw - pw + j]
+    (0 in the padding), and col2im adds every entry back to that cell, dropping
+    the padding entries even when they are nonzero."""
+    N, C, H, W, kh, kw, sh, sw, ph, pw = case
+    rng = np.random.default_rng(7)
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    x = rng.standard_normal((N, C, H, W))
+    cols = np.full((C * kh * kw, N * Ho * Wo), np.nan)
+    K.im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
+    dcols = rng.standard_normal(cols.shape)
+    want_cols = np.zeros_like(cols)
+    want_dx = np.zeros_like(x)
+    for n, c, i, j, oh, ow in np.ndindex(N, C, kh, kw, Ho, Wo):
+        h, w = oh * sh - ph + i, ow * sw - pw + j
+        r, q = (c * kh + i) * kw + j, (n * Ho + oh) * Wo + ow
+        if 0 <= h < H and 0 <= w < W:
+            want_cols[r, q] = x[n, c, h, w]
+            want_dx[n, c, h, w] += dcols[r, q]
+    np.testing.assert_array_equal(cols, want_cols)
+    dx = np.full_like(x, np.nan)
+    K.col2im(dcols.copy(), kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
+    # same taps in the same (i, j) order per cell: equal to the last bit
+    np.testing.assert_array_equal(dx, want_dx)
+
+
 # ------------------------------------------------------------------- dtypes
 def test_float32_by_default():
     layer = Conv2D(2, 3, 3, padding=1)

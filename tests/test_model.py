@@ -105,6 +105,47 @@ def test_fanout_backward_sums_both_branches():
     assert a.shape == (2, 2, 4, 4) and b.shape == (2, 3, 4, 4)
 
 
+@pytest.mark.parametrize("build", ["sequential", "fanout", "two_readers"])
+def test_backward_without_input_grad_gives_the_same_parameter_gradients(build):
+    """Training calls ``backward(dout, input_grad=False)``: the layers reading
+    the input compute only dW and db (a first conv skips col2im).  Every
+    parameter gradient must equal the full backward's, bit for bit."""
+    rng = np.random.default_rng(5)
+    minicnn.manual_seed(5)
+    if build == "sequential":
+        model = Sequential([Conv2D(2, 3, 3, padding=1), ReLU(), Flatten(), Dense(3 * 4 * 4, 4)])
+    elif build == "fanout":
+        model = _fanout()
+    else:   # two layers read the input itself, one of them has no parameters
+        inp = Input((2, 4, 4))
+        cat = Concat()(Conv2D(2, 3, 3, padding=1)(inp), ReLU()(inp))
+        model = Model(inp, Dense(5 * 4 * 4, 4)(Flatten()(cat)))
+    x = rng.standard_normal((3, 2, 4, 4)).astype(np.float32)
+    dout = rng.standard_normal(model.forward(x).shape).astype(np.float32)
+    assert model.backward(dout) is not None
+    full = {name: g.copy() for name, _, g in model.parameters()}
+    for _, _, g in model.parameters():
+        g[...] = np.nan                      # every gradient must be written again
+    assert model.backward(dout, input_grad=False) is None
+    for name, _, g in model.parameters():
+        np.testing.assert_array_equal(g, full[name], err_msg=name)
+
+
+def test_conv_backward_params_skips_only_dx():
+    rng = np.random.default_rng(6)
+    conv = Conv2D(2, 3, 3, padding=1)
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    dout = rng.standard_normal(conv.forward(x).shape).astype(np.float32)
+    conv.backward(dout)
+    dW, db = conv.grads["W"].copy(), conv.grads["b"].copy()
+    conv.grads["W"][...] = 0
+    conv.grads["b"][...] = 0
+    assert conv.backward_params(dout) is None
+    np.testing.assert_array_equal(conv.grads["W"], dW)
+    np.testing.assert_array_equal(conv.grads["b"], db)
+    assert np.abs(dW).sum() > 0
+
+
 def test_same_node_twice_into_concat():
     minicnn.manual_seed(0)
     inp = Input((3,))

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from minicnn.layers.base import Layer
+from minicnn.kernels.activations import relu_backward, relu_forward
+from minicnn.layers.base import FLOAT_DTYPES, Layer
+from minicnn.threads import run_kernel
 
 
 class ReLU(Layer):
@@ -18,11 +20,18 @@ class ReLU(Layer):
         self._mask = None
 
     def forward(self, x):
-        x = self._as_input(x, (2, 3, 4, 5))
-        self._mask = x > 0
-        return np.maximum(x, x.dtype.type(0))      # np.maximum propagates NaN
+        x = np.ascontiguousarray(self._as_input(x, (2, 3, 4, 5)))
+        y = np.empty_like(x)
+        self._mask = np.empty(x.shape, np.bool_)
+        run_kernel(relu_forward, x.reshape(-1), y.reshape(-1), self._mask.reshape(-1), size=x.size)
+        return y
 
     def backward(self, dout):
         self._need_forward("_mask")
         dout = self._check_dout(dout, self._mask.shape)
-        return np.where(self._mask, dout, dout.dtype.type(0))
+        if dout.dtype.type not in FLOAT_DTYPES:
+            dout = dout.astype(np.float32)
+        dout = np.ascontiguousarray(dout)
+        dx = np.empty_like(dout)
+        run_kernel(relu_backward, dout.reshape(-1), self._mask.reshape(-1), dx.reshape(-1), size=dout.size)
+        return dx

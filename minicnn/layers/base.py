@@ -42,6 +42,16 @@ class Layer:
     def backward(self, dout):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def backward_params(self, dout):
+        """Only the parameter gradients (into ``self.grads``); no input gradient.
+
+        A model calls this on the layers that read its input directly when
+        nobody wants the gradient with respect to the data (training), so
+        a first convolution skips its ``col2im``.  The default runs the full
+        ``backward`` and drops ``dx``; layers with a cheaper path override it.
+        """
+        self.backward(dout)
+
     def __call__(self, *inputs, **kwargs):
         """``layer(node)`` wires the layer into a functional graph
         (see :mod:`minicnn.model`); ``layer(array, ...)`` runs ``forward``

@@ -93,6 +93,13 @@ class Conv2D(Layer):
         return y.reshape(N, self.out_channels, Ho, Wo)
 
     def backward(self, dout):
+        return self._backward(dout, input_grad=True)
+
+    def backward_params(self, dout):
+        """dW and db only: skips ``Wm.T @ dY`` and ``col2im``."""
+        self._backward(dout, input_grad=False)
+
+    def _backward(self, dout, input_grad):
         self._need_forward("_x_shape")
         N, C, H, W = self._x_shape
         F = self.out_channels
@@ -106,6 +113,8 @@ class Conv2D(Layer):
         Wm = self.params["W"].reshape(F, -1)
         np.matmul(d2, self._cols.T, out=self.grads["W"].reshape(F, -1))
         np.sum(d2, axis=1, out=self.grads["b"])
+        if not input_grad:
+            return None
         dcols = self._buffer("_dcols", self._cols.shape, dt)
         np.matmul(Wm.T, d2, out=dcols)
         dx = np.empty(self._x_shape, dt)

@@ -39,8 +39,13 @@ class Dense(Layer):
         return x @ self.params["W"] + self.params["b"]
 
     def backward(self, dout):
+        dout = self.backward_params(dout)
+        return dout @ self.params["W"].T
+
+    def backward_params(self, dout):
+        """dW and db only; returns the checked ``dout``."""
         self._need_forward("_x")
         dout = self._check_dout(dout, (self._x.shape[0], self.out_features))
         np.matmul(self._x.T, dout, out=self.grads["W"])
         np.sum(dout, axis=0, out=self.grads["b"])
-        return dout @ self.params["W"].T
+        return dout
