@@ -128,6 +128,48 @@ def test_relu_gradcheck_any_rank():
         assert result.passed, (shape, result.errors)
 
 
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 5, 40_000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_kernels_match_numpy_and_serial_at_block_edges(size, dtype):
+    """The kernels work in blocks of 4096 elements in parallel; every size
+    around a block edge, and above the single-thread cut-off (32768), gives
+    numpy's answer (np.maximum; dout * [x > 0]) and the serial build's, bit
+    for bit, NaN included."""
+    from numba import njit
+
+    from minicnn.kernels import activations as K
+
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal(size).astype(dtype)
+    x[::7] = 0.0
+    x[::11] = np.nan
+    dout = rng.standard_normal(size).astype(dtype)
+    y, mask = np.full_like(x, 7.0), np.ones(size, np.bool_)
+    K.relu_forward(x, y, mask)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    np.testing.assert_array_equal(mask, x > 0)
+    dx = np.full_like(x, 7.0)
+    K.relu_backward(dout, mask, dx)
+    np.testing.assert_array_equal(dx, np.where(x > 0, dout, 0))
+    y2, mask2, dx2 = np.empty_like(x), np.empty(size, np.bool_), np.empty_like(x)
+    njit(K._relu_forward)(x, y2, mask2)
+    njit(K._relu_backward)(dout, mask2, dx2)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(dx2, dx)
+    layer = ReLU()
+    np.testing.assert_array_equal(layer.forward(x.reshape(1, -1)), y.reshape(1, -1))
+    np.testing.assert_array_equal(layer.backward(dout.reshape(1, -1)), dx.reshape(1, -1))
+
+
+def test_relu_accepts_non_contiguous_input_and_integer_dout():
+    x = np.arange(-6.0, 6.0).reshape(3, 4).T          # Fortran-ordered view
+    relu = ReLU()
+    np.testing.assert_array_equal(relu.forward(x), np.maximum(x, 0))
+    dx = relu.backward(np.ones((4, 3), np.int64))
+    assert dx.dtype == np.float32
+    np.testing.assert_array_equal(dx, (x > 0).astype(np.float32))
+
+
 def test_relu_errors():
     with pytest.raises(ValueError, match="ReLU"):
         ReLU().forward(np.zeros(3))
