@@ -322,6 +322,7 @@ def _kernel_cases(rng):
         "maxpool2d_forward": ((x, 3, 3, 2, 2, 1, 1, 1, 1), (y, am)),
         "maxpool2d_forward dilated": ((x, 3, 2, 2, 1, 1, 1, 2, 1), (y, am)),
         "maxpool2d_2x2_forward": ((x,), (y[:, :8, :6], am[:, :8, :6])),
+        "maxpool2d_3x3_forward": ((x, 2, 2, 1, 1), (y, am)),
         "maxpool2d_backward": ((dout, am), (x,)),
         "avgpool2d_forward": ((x, 3, 3, 2, 2, 1, 1, False, 0), (y,)),
         "avgpool2d_2x2_forward": ((x, 4), (y[:, :8, :6],)),
@@ -399,6 +400,38 @@ def test_2x2_kernels_equal_general_kernels(dtype):
         K.avgpool2d_backward(dout, 2, 2, 2, 2, 0, 0, True, div if div != 4 else 0, general)
         np.testing.assert_array_equal(fast, general)          # equal values (0.0 == -0.0)
         assert np.all(fast[:, 10, :] == 0)
+
+
+# (H, W, stride, padding, ceil_mode): borders that are everything (1x1, 2x3
+# planes), stride > kernel, stride 1, ceil mode windows hanging off the end
+GEOMETRIES_3x3 = [(1, 1, (1, 1), (1, 1), False), (2, 3, (2, 2), (1, 1), True),
+                  (3, 3, (1, 1), (0, 0), False), (7, 9, (2, 2), (1, 1), False),
+                  (8, 8, (2, 2), (1, 1), True), (9, 11, (1, 2), (1, 0), True),
+                  (10, 11, (3, 2), (0, 1), True), (13, 14, (4, 4), (1, 1), True),
+                  (5, 6, (4, 1), (0, 1), False), (28, 28, (2, 2), (1, 1), False)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H, W, s, p, ceil", GEOMETRIES_3x3)
+def test_3x3_max_kernel_equals_general_kernel(dtype, H, W, s, p, ceil):
+    from minicnn.layers.geometry import output_size
+    rng = np.random.default_rng(H * 100 + W)
+    x = tie_heavy((8, H, W), rng, special=False).astype(dtype)
+    x[1] = -np.inf                                        # all -inf: the first tap's index
+    x[2, 0, 0] = np.nan                                   # NaN in a corner (border windows)
+    x[3, H // 2, W // 2] = np.nan                         # NaN inside
+    x[4, -1, :] = np.nan                                  # a NaN row (ties between NaNs)
+    x[5] = 1.0                                            # all ties
+    Ho = output_size(H, 3, s[0], p[0], 1, ceil)
+    Wo = output_size(W, 3, s[1], p[1], 1, ceil)
+    outs = [(np.full((8, Ho, Wo), 7, dtype), np.full((8, Ho, Wo), 7, np.int64)) for _ in range(2)]
+    K.maxpool2d_3x3_forward(x, s[0], s[1], p[0], p[1], *outs[0])
+    K.maxpool2d_forward(x, 3, 3, s[0], s[1], p[0], p[1], 1, 1, *outs[1])
+    assert outs[0][0].tobytes() == outs[1][0].tobytes()
+    assert outs[0][1].tobytes() == outs[1][1].tobytes()
+    y_ref, idx_ref = naive_maxpool(x[None].astype(np.float64), (3, 3), s, p, ceil=ceil)
+    np.testing.assert_array_equal(outs[0][0], y_ref[0])
+    np.testing.assert_array_equal(outs[0][1], idx_ref[0])
 
 
 def test_2x2_ceil_mode_with_odd_size_uses_general_path():

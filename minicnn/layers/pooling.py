@@ -113,6 +113,8 @@ def _maxpool(xp, k, s, p, d, out, argmax):
     """Max pooling of planes (N*C, H, W) into ``out``, ``argmax``."""
     if _common_2x2(k, s, p, d, xp.shape[1:], out.shape[1:]):
         _run(K.maxpool2d_2x2_forward, xp, out, argmax)
+    elif k == (3, 3) and d == (1, 1):          # padding <= 1: check_window's rule
+        _run(K.maxpool2d_3x3_forward, xp, s[0], s[1], p[0], p[1], out, argmax)
     else:
         _run(K.maxpool2d_forward, xp, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], out, argmax)
 
