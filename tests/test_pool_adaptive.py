@@ -369,3 +369,81 @@ def test_nan_index_matches_torch():
     np.testing.assert_array_equal(y, yt.numpy())
     np.testing.assert_array_equal(idx, it.numpy())
     assert idx[0, 0, 0, 0] == 5 and idx[0, 0, 0, 1] == 3
+
+
+# --------------------------------------------------------------- fast-path details
+def scan_max(x, oh, ow):
+    """The rule written as PyTorch's scan: ``v > best or isnan(v)`` over each bin."""
+    N, C, H, W = x.shape
+    y = np.zeros((N, C, oh, ow), x.dtype)
+    idx = np.zeros((N, C, oh, ow), np.int64)
+    for n in range(N):
+        for c in range(C):
+            for i, (h0, h1) in enumerate(ref_bins(H, oh)):
+                for j, (w0, w1) in enumerate(ref_bins(W, ow)):
+                    best, k = x[n, c, h0, w0], h0 * W + w0
+                    for h in range(h0, h1):
+                        for w in range(w0, w1):
+                            v = x[n, c, h, w]
+                            if v > best or np.isnan(v):
+                                best, k = v, h * W + w
+                    y[n, c, i, j], idx[n, c, i, j] = best, k
+    return y, idx
+
+
+@SETTINGS
+@given(adaptive_case(), st.sampled_from(["nan", "zeros", "inf"]))
+def test_max_special_values_match_scan(case, kind):
+    """NaN anywhere (first cell of a bin, first column, several per bin), signed
+    zeros and infinities: value (bit pattern) and index equal the plain scan."""
+    shape, size, seed = case
+    rng = np.random.default_rng(seed)
+    oh, ow = resolve(size, *shape[2:])
+    if kind == "nan":
+        x = rng.integers(-2, 3, shape).astype(np.float64)
+        x[rng.random(shape) < 0.15] = np.nan
+    elif kind == "zeros":
+        x = rng.choice([0.0, -0.0, -1.0], shape)
+    else:
+        x = rng.choice([np.inf, -np.inf, 1.0, -1.0], shape)
+    for dtype in (np.float64, np.float32):
+        xd = x.astype(dtype)
+        y, idx = AdaptiveMaxPool2D(size, return_indices=True).forward(xd)
+        ry, ridx = scan_max(xd, oh, ow)
+        np.testing.assert_array_equal(idx, ridx)
+        np.testing.assert_array_equal(y.view(np.uint8), ry.view(np.uint8))   # same bits
+        if (oh, ow) == (1, 1):
+            g = GlobalMaxPool2D().forward(xd)
+            np.testing.assert_array_equal(g.view(np.uint8), ry.reshape(g.shape).view(np.uint8))
+
+
+def test_max_nan_in_first_cell_and_negative_zero():
+    x = np.array([[[[np.nan, 1.0, 5.0],
+                    [2.0, np.nan, 0.0]]]])
+    y, idx = AdaptiveMaxPool2D(1, return_indices=True).forward(x)
+    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 4          # the last NaN
+    x = np.array([[[[-0.0, -1.0], [0.0, -0.0]]]])
+    y, idx = AdaptiveMaxPool2D(1, return_indices=True).forward(x)
+    assert idx[0, 0, 0, 0] == 0 and np.signbit(y[0, 0, 0, 0])        # the first zero, -0.0
+
+
+@pytest.mark.parametrize("shape,out", [((2, 3, 12, 8), (4, 2)), ((2, 3, 10, 7), (3, 4)),
+                                       ((1, 2, 5, 9), (7, 11))])
+def test_avg_backward_tiled_and_overlapping_bit_exact(shape, out):
+    """Both backward paths (bins tiling the plane / overlapping) give exactly
+    ``dx = sum over bins, in row-major order, of dout/|bin|`` rounded after
+    each addition, as the straightforward loop does."""
+    rng = np.random.default_rng(8)
+    for dtype in (np.float32, np.float64):
+        dout = rng.standard_normal(shape[:2] + out).astype(dtype)
+        dout[0, 0, 0, 0] = -0.0
+        expect = np.zeros(shape, dtype)
+        for i, (h0, h1) in enumerate(ref_bins(shape[2], out[0])):
+            for j, (w0, w1) in enumerate(ref_bins(shape[3], out[1])):
+                g = dout[:, :, i, j].astype(np.float64) / ((h1 - h0) * (w1 - w0))
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        expect[:, :, h, w] = (expect[:, :, h, w].astype(np.float64) + g).astype(dtype)
+        dx = np.empty(shape, dtype)
+        K.adaptive_avg_backward(dout, dx)
+        np.testing.assert_array_equal(dx.view(np.uint8), expect.view(np.uint8))
