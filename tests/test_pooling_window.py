@@ -326,6 +326,8 @@ def _kernel_cases(rng):
         "maxpool2d_backward": ((dout, am), (x,)),
         "avgpool2d_forward": ((x, 3, 3, 2, 2, 1, 1, False, 0), (y,)),
         "avgpool2d_2x2_forward": ((x, 4), (y[:, :8, :6],)),
+        "avgpool2d_3x3_forward": ((x, 2, 2, 1, 1, False, 0), (y,)),
+        "avgpool2d_3x3_backward": ((dout, 2, 2, 1, 1, True, 0), (x,)),
         "avgpool2d_backward": ((dout, 3, 3, 2, 2, 1, 1, True, 0), (x,)),
         "avgpool2d_2x2_backward": ((dout[:, :8, :6].copy(), 3), (x,)),
         "lppool2d_forward": ((xpos, 3.0, 3, 3, 3, 2), (ylp, slp)),
@@ -432,6 +434,30 @@ def test_3x3_max_kernel_equals_general_kernel(dtype, H, W, s, p, ceil):
     y_ref, idx_ref = naive_maxpool(x[None].astype(np.float64), (3, 3), s, p, ceil=ceil)
     np.testing.assert_array_equal(outs[0][0], y_ref[0])
     np.testing.assert_array_equal(outs[0][1], idx_ref[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H, W, s, p, ceil", GEOMETRIES_3x3)
+def test_3x3_avg_kernels_equal_general_kernels(dtype, H, W, s, p, ceil):
+    from minicnn.layers.geometry import output_size
+    rng = np.random.default_rng(H * 100 + W)
+    x = rng.standard_normal((3, H, W)).astype(dtype)
+    x[1, 0, 0] = np.nan                                  # NaN in a border window
+    x[2, H // 2, W // 2] = np.inf                        # inf inside
+    Ho = output_size(H, 3, s[0], p[0], 1, ceil)
+    Wo = output_size(W, 3, s[1], p[1], 1, ceil)
+    dout = rng.standard_normal((3, Ho, Wo)).astype(dtype)
+    for count_include_pad in (True, False):
+        for divisor_override in (0, 5):
+            args = (count_include_pad, divisor_override)
+            fast, general = np.full((3, Ho, Wo), 7, dtype), np.full((3, Ho, Wo), 7, dtype)
+            K.avgpool2d_3x3_forward(x, s[0], s[1], p[0], p[1], *args, fast)
+            K.avgpool2d_forward(x, 3, 3, s[0], s[1], p[0], p[1], *args, general)
+            assert fast.tobytes() == general.tobytes()
+            fast, general = np.full(x.shape, 7, dtype), np.full(x.shape, 7, dtype)
+            K.avgpool2d_3x3_backward(dout, s[0], s[1], p[0], p[1], *args, fast)
+            K.avgpool2d_backward(dout, 3, 3, s[0], s[1], p[0], p[1], *args, general)
+            assert fast.tobytes() == general.tobytes()
 
 
 def test_2x2_ceil_mode_with_odd_size_uses_general_path():

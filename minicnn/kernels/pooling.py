@@ -76,6 +76,30 @@ def _avg_extents(n_out, k, s, pad, L):
 
 
 @njit(cache=True)
+def _avg_divisor(n_padded, n_inside, count_include_pad, divisor_override):
+    """PyTorch's average-pooling divisor: ``divisor_override`` if > 0, else
+    the window's cells in the padded input if ``count_include_pad``, else
+    its cells inside the input."""
+    if divisor_override > 0:
+        return divisor_override
+    return n_padded if count_include_pad else n_inside
+
+
+@njit(cache=True)
+def _inner_windows(n_out, k, s, pad, L):
+    """``(o_a, o_b)``: the windows ``o_a <= o < o_b`` of one axis that lie
+    wholly inside ``[0, L)`` (start ``o*s - pad >= 0``, end ``<= L``).
+    They form one run; ``o_a == o_b`` if there are none."""
+    o_a = 0
+    while o_a < n_out and o_a * s - pad < 0:
+        o_a += 1
+    o_b = o_a
+    while o_b < n_out and o_b * s - pad + k <= L:
+        o_b += 1
+    return o_a, o_b
+
+
+@njit(cache=True)
 def _power(v, p):
     """``v ** p`` (C ``pow``), with the common p = 1 and p = 2 done without a call."""
     if p == 2.0:
@@ -414,6 +438,56 @@ def _avgpool2d_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_ove
                 out[p, oh, ow] = s / div
 
 
+def _avgpool2d_3x3_forward(x, sh, sw, ph, pw, count_include_pad, divisor_override, out):
+    """:func:`_avgpool2d_forward` for a 3x3 window (any stride, padding 0 or
+    1): same shapes, same sums in the same order, same result bit for bit.
+
+    The windows wholly inside the input (rows ``h .. h+2`` and columns
+    ``ow_a <= ow < ow_b``) add their nine taps written out, in row-major
+    order, and divide by ``divisor_override`` or 9; the others (the border)
+    go through the general loops.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    nhs, h_los, h_his = _avg_extents(H_out, 3, sh, ph, H)
+    nws, w_los, w_his = _avg_extents(W_out, 3, sw, pw, W)
+    ow_a, ow_b = _inner_windows(W_out, 3, sw, pw, W)
+    nine = np.int64(9)         # int64 like the extents (so NUMBA_DISABLE_JIT divides alike too)
+    div9 = _avg_divisor(nine, nine, count_include_pad, divisor_override)
+    for p in prange(P):
+        for oh in range(H_out):
+            h = oh * sh - ph
+            h_lo, h_hi = h_los[oh], h_his[oh]
+            full_rows = h_lo == h and h_hi == h + 3
+            for lo, hi, inner in ((0, ow_a, False), (ow_a, ow_b, full_rows), (ow_b, W_out, False)):
+                if inner:
+                    for ow in range(lo, hi):
+                        w = ow * sw - pw
+                        s = 0.0
+                        s += x[p, h, w]
+                        s += x[p, h, w + 1]
+                        s += x[p, h, w + 2]
+                        s += x[p, h + 1, w]
+                        s += x[p, h + 1, w + 1]
+                        s += x[p, h + 1, w + 2]
+                        s += x[p, h + 2, w]
+                        s += x[p, h + 2, w + 1]
+                        s += x[p, h + 2, w + 2]
+                        out[p, oh, ow] = s / div9
+                    continue
+                for ow in range(lo, hi):
+                    w_lo, w_hi = w_los[ow], w_his[ow]
+                    s = 0.0
+                    for hh in range(h_lo, h_hi):
+                        for ww in range(w_lo, w_hi):
+                            s += x[p, hh, ww]
+                    out[p, oh, ow] = s / _avg_divisor(nhs[oh] * nws[ow], (h_hi - h_lo) * (w_hi - w_lo),
+                                                      count_include_pad, divisor_override)
+
+
 def _avgpool2d_2x2_forward(x, divisor, out):
     """:func:`_avgpool2d_forward` for kernel 2x2, stride 2, no padding, every
     window full: ``out = (a + b + c + d) / divisor`` (divisor 4 unless
@@ -470,6 +544,55 @@ def _avgpool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor
                 for h in range(h_lo, h_hi):
                     for w in range(w_lo, w_hi):
                         dx[p, h, w] += g
+
+
+def _avgpool2d_3x3_backward(dout, sh, sw, ph, pw, count_include_pad, divisor_override, dx):
+    """:func:`_avgpool2d_backward` for a 3x3 window (any stride, padding 0
+    or 1): same result bit for bit, since every cell receives the same
+    additions in the same order (windows in row-major order, each adding
+    ``dout / divisor`` once).  Windows wholly inside the input add to their
+    nine cells written out; the border windows use the general loops.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = dx.shape
+    H_out, W_out = dout.shape[1], dout.shape[2]
+    nhs, h_los, h_his = _avg_extents(H_out, 3, sh, ph, H)
+    nws, w_los, w_his = _avg_extents(W_out, 3, sw, pw, W)
+    ow_a, ow_b = _inner_windows(W_out, 3, sw, pw, W)
+    nine = np.int64(9)         # int64 like the extents (so NUMBA_DISABLE_JIT divides alike too)
+    div9 = _avg_divisor(nine, nine, count_include_pad, divisor_override)
+    flat = dx.reshape((P, H * W))
+    for p in prange(P):
+        for q in range(H * W):
+            flat[p, q] = 0.0
+        for oh in range(H_out):
+            h = oh * sh - ph
+            h_lo, h_hi = h_los[oh], h_his[oh]
+            full_rows = h_lo == h and h_hi == h + 3
+            for lo, hi, inner in ((0, ow_a, False), (ow_a, ow_b, full_rows), (ow_b, W_out, False)):
+                if inner:
+                    for ow in range(lo, hi):
+                        w = ow * sw - pw
+                        g = dout[p, oh, ow] / div9
+                        dx[p, h, w] += g
+                        dx[p, h, w + 1] += g
+                        dx[p, h, w + 2] += g
+                        dx[p, h + 1, w] += g
+                        dx[p, h + 1, w + 1] += g
+                        dx[p, h + 1, w + 2] += g
+                        dx[p, h + 2, w] += g
+                        dx[p, h + 2, w + 1] += g
+                        dx[p, h + 2, w + 2] += g
+                    continue
+                for ow in range(lo, hi):
+                    w_lo, w_hi = w_los[ow], w_his[ow]
+                    g = dout[p, oh, ow] / _avg_divisor(nhs[oh] * nws[ow], (h_hi - h_lo) * (w_hi - w_lo),
+                                                       count_include_pad, divisor_override)
+                    for hh in range(h_lo, h_hi):
+                        for ww in range(w_lo, w_hi):
+                            dx[p, hh, ww] += g
 
 
 def _avgpool2d_2x2_backward(dout, divisor, dx):
@@ -589,7 +712,9 @@ maxunpool2d_forward = njit(parallel=True, cache=True)(_maxunpool2d_forward)
 maxunpool2d_backward = njit(parallel=True, cache=True)(_maxunpool2d_backward)
 avgpool2d_forward = njit(parallel=True, cache=True)(_avgpool2d_forward)
 avgpool2d_2x2_forward = njit(parallel=True, cache=True)(_avgpool2d_2x2_forward)
+avgpool2d_3x3_forward = njit(parallel=True, cache=True)(_avgpool2d_3x3_forward)
 avgpool2d_backward = njit(parallel=True, cache=True)(_avgpool2d_backward)
 avgpool2d_2x2_backward = njit(parallel=True, cache=True)(_avgpool2d_2x2_backward)
+avgpool2d_3x3_backward = njit(parallel=True, cache=True)(_avgpool2d_3x3_backward)
 lppool2d_forward = njit(parallel=True, cache=True)(_lppool2d_forward)
 lppool2d_backward = njit(parallel=True, cache=True)(_lppool2d_backward)

@@ -123,6 +123,9 @@ def _avgpool(xp, k, s, p, count_include_pad, divisor_override, out):
     """Average pooling of planes; ``divisor_override`` 0 means none."""
     if _common_2x2(k, s, p, (1, 1), xp.shape[1:], out.shape[1:]):
         _run(K.avgpool2d_2x2_forward, xp, divisor_override or 4, out)
+    elif k == (3, 3):
+        _run(K.avgpool2d_3x3_forward, xp, s[0], s[1], p[0], p[1], count_include_pad,
+             divisor_override, out)
     else:
         _run(K.avgpool2d_forward, xp, k[0], k[1], s[0], s[1], p[0], p[1],
              count_include_pad, divisor_override, out)
@@ -132,6 +135,9 @@ def _avgpool_backward(dout, k, s, p, count_include_pad, divisor_override, dx):
     """Backward of :func:`_avgpool` into ``dx`` (overwritten)."""
     if _common_2x2(k, s, p, (1, 1), dx.shape[1:], dout.shape[1:]):
         _run(K.avgpool2d_2x2_backward, dout, divisor_override or 4, dx)
+    elif k == (3, 3):
+        _run(K.avgpool2d_3x3_backward, dout, s[0], s[1], p[0], p[1], count_include_pad,
+             divisor_override, dx)
     else:
         _run(K.avgpool2d_backward, dout, k[0], k[1], s[0], s[1], p[0], p[1],
              count_include_pad, divisor_override, dx)
