@@ -333,6 +333,11 @@ def _kernel_cases(rng):
         "lppool2d_forward": ((xpos, 3.0, 3, 3, 3, 2), (ylp, slp)),
         "lppool2d_forward p=2": ((xpos, 2.0, 3, 3, 3, 2), (ylp, slp)),
         "lppool2d_backward": ((doutlp, xpos, ylp, slp, 3.0, 3, 3, 3, 2), (x,)),
+        "lppool2d_2x2_forward": ((xpos, 2.0), (y[:, :8, :6], y[:, :8, :6])),
+        "lppool2d_2x2_backward": ((dout[:, :8, :6].copy(), xpos, np.abs(y[:, :8, :6]) + 1,
+                                   np.abs(y[:, :8, :6]) + 2, 2.0), (x,)),
+        "lppool2d_3x3_forward": ((xpos, 3.0, 3, 2), (ylp, slp)),
+        "lppool2d_3x3_backward": ((doutlp, xpos, ylp, slp, 3.0, 3, 2), (x,)),
         "maxunpool2d_forward": ((dout, up_idx), (x,)),
         "maxunpool2d_backward": ((x, up_idx), (y,)),
     }
@@ -458,6 +463,46 @@ def test_3x3_avg_kernels_equal_general_kernels(dtype, H, W, s, p, ceil):
             K.avgpool2d_3x3_backward(dout, s[0], s[1], p[0], p[1], *args, fast)
             K.avgpool2d_backward(dout, 3, 3, s[0], s[1], p[0], p[1], *args, general)
             assert fast.tobytes() == general.tobytes()
+
+
+@pytest.mark.parametrize("norm", [1.0, 1.5, 2.0, 3.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H, W, s, ceil", [(1, 1, (2, 2), True), (2, 3, (2, 2), True), (3, 3, (1, 1), False),
+                                           (9, 11, (1, 2), True), (10, 11, (3, 2), True),
+                                           (13, 14, (4, 4), True), (28, 28, (2, 2), False)])
+def test_lp_fast_kernels_equal_general_kernels(norm, dtype, H, W, s, ceil):
+    from minicnn.layers.geometry import output_size
+    rng = np.random.default_rng(H * 100 + W)
+    x = rng.standard_normal((4, H, W)).astype(dtype)
+    x[1] = 0.0                                            # sums == 0: zero gradient
+    x[2, 0, 0] = np.nan
+    x[3] = np.abs(x[3])
+    for k, fwd, bwd, extra in (((3, 3), K.lppool2d_3x3_forward, K.lppool2d_3x3_backward, s),
+                               ((2, 2), K.lppool2d_2x2_forward, K.lppool2d_2x2_backward, ())):
+        kst = (2, 2) if k == (2, 2) else s
+        Ho = output_size(H, k[0], kst[0], 0, 1, ceil)
+        Wo = output_size(W, k[1], kst[1], 0, 1, ceil)
+        if Ho < 1 or Wo < 1 or (k == (2, 2) and (2 * Ho > H or 2 * Wo > W)):
+            continue
+        outs = [(np.full((4, Ho, Wo), 7, dtype), np.full((4, Ho, Wo), 7, dtype)) for _ in range(2)]
+        fwd(x, norm, *extra, *outs[0])
+        K.lppool2d_forward(x, norm, *k, *kst, *outs[1])
+        for a, b in zip(*outs):                           # bit for bit, but for NaN's sign bit
+            nan = np.isnan(a)
+            assert np.array_equal(nan, np.isnan(b)) and a[~nan].tobytes() == b[~nan].tobytes()
+        dout = rng.standard_normal((4, Ho, Wo)).astype(dtype)
+        fast, general = np.full(x.shape, 7, dtype), np.full(x.shape, 7, dtype)
+        bwd(dout, x, *outs[0], norm, *extra, fast)
+        K.lppool2d_backward(dout, x, *outs[1], norm, *k, *kst, general)
+        np.testing.assert_array_equal(fast, general)      # values (0.0 == -0.0), NaN where NaN
+
+
+def test_lp_float32_powers_are_float64():
+    # the squares of float32 inputs are summed in float64: 3e-4**2 * 4 keeps every bit
+    x = np.full((1, 1, 2, 2), 3.0001e-4, np.float32)
+    y = LPPool2D(2, 2)(x)
+    exact = np.sqrt(4 * np.float64(x[0, 0, 0, 0]) ** 2)
+    assert y[0, 0, 0, 0] == np.float32(exact)
 
 
 def test_2x2_ceil_mode_with_odd_size_uses_general_path():

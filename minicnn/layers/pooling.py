@@ -382,7 +382,12 @@ class LPPool2D(_Pool):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         if math.isfinite(self.norm_type):
             sums = np.empty_like(y)
-            _run(K.lppool2d_forward, xp, self.norm_type, kh, kw, sh, sw, y, sums)
+            if _common_2x2(self.kernel_size, self.stride, (0, 0), (1, 1), (H, W), (Ho, Wo)):
+                _run(K.lppool2d_2x2_forward, xp, self.norm_type, y, sums)
+            elif self.kernel_size == (3, 3):
+                _run(K.lppool2d_3x3_forward, xp, self.norm_type, sh, sw, y, sums)
+            else:
+                _run(K.lppool2d_forward, xp, self.norm_type, kh, kw, sh, sw, y, sums)
             self._cache = (xp, y, sums)
         else:                         # +inf: max |x|;  -inf: -max(-|x|) = min |x|
             sign = 1.0 if self.norm_type > 0 else -1.0
@@ -401,7 +406,12 @@ class LPPool2D(_Pool):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         if math.isfinite(self.norm_type):
             xp, y, sums = self._cache
-            _run(K.lppool2d_backward, d, xp, y, sums, self.norm_type, kh, kw, sh, sw, dx)
+            if _common_2x2(self.kernel_size, self.stride, (0, 0), (1, 1), xp.shape[1:], y.shape[1:]):
+                _run(K.lppool2d_2x2_backward, d, xp, y, sums, self.norm_type, dx)
+            elif self.kernel_size == (3, 3):
+                _run(K.lppool2d_3x3_backward, d, xp, y, sums, self.norm_type, sh, sw, dx)
+            else:
+                _run(K.lppool2d_backward, d, xp, y, sums, self.norm_type, kh, kw, sh, sw, dx)
         else:
             xp, argmax = self._cache
             _run(K.maxpool2d_backward, d, argmax, dx)
