@@ -447,3 +447,87 @@ def test_avg_backward_tiled_and_overlapping_bit_exact(shape, out):
         dx = np.empty(shape, dtype)
         K.adaptive_avg_backward(dout, dx)
         np.testing.assert_array_equal(dx.view(np.uint8), expect.view(np.uint8))
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (14, 14), (9, 7), (13, 10)])
+@pytest.mark.parametrize("levels", [(1, 2, 4), (4, 2, 1), (3, 1), (1, 3, 4)])
+@pytest.mark.parametrize("kind", ["normal", "ties", "nan"])
+def test_spp_max_equals_level_by_level(hw, levels, kind):
+    """SPP max merges coarse levels from the finest and routes every level's
+    gradient in one kernel: same values, indices and gradient bits as pooling
+    each level on its own and summing the levels' input gradients in order
+    (overlapping bins, e.g. 14 -> 4, share argmax cells; ties make that common)."""
+    if min(hw) < max(levels):
+        return
+    rng = np.random.default_rng(9)
+    shape = (2, 3) + hw
+    if kind == "normal":
+        x = rng.standard_normal(shape)
+    else:
+        x = rng.integers(0, 2, shape).astype(np.float64)
+        if kind == "nan":
+            x[rng.random(shape) < 0.1] = np.nan
+            x[rng.random(shape) < 0.1] = -0.0
+    for dtype in (np.float32, np.float64):
+        xd = x.astype(dtype)
+        layer = SpatialPyramidPool2D(levels, "max")
+        y = layer.forward(xd)
+        dout = rng.standard_normal(y.shape).astype(dtype)
+        pieces, expect, start = [], np.zeros(shape, dtype), 0
+        for v in levels:
+            level = AdaptiveMaxPool2D(v)
+            pieces.append(level.forward(xd).reshape(2, -1))
+            d = dout[:, start:start + 3 * v * v].reshape(2, 3, v, v)
+            start += 3 * v * v
+            expect += level.backward(d)
+        np.testing.assert_array_equal(y.view(np.uint8),
+                                      np.concatenate(pieces, axis=1).view(np.uint8))
+        np.testing.assert_array_equal(layer.backward(dout).view(np.uint8), expect.view(np.uint8))
+
+
+@pytest.mark.parametrize("fine,coarse", [((4, 4), (2, 2)), ((4, 4), (1, 1)), ((6, 4), (3, 2)),
+                                         ((6, 6), (2, 3))])
+@pytest.mark.parametrize("kind", ["normal", "ties", "nan"])
+def test_max_merge_equals_direct_pooling(fine, coarse, kind):
+    rng = np.random.default_rng(10)
+    shape = (2, 3, 13, 11)
+    x = rng.standard_normal(shape) if kind == "normal" else rng.integers(0, 2, shape) * 1.0
+    if kind == "nan":
+        x[rng.random(shape) < 0.05] = np.nan
+    fy, fa = np.empty(shape[:2] + fine), np.empty(shape[:2] + fine, np.int64)
+    K.adaptive_max_forward(x, fy, fa)
+    y, a = np.empty(shape[:2] + coarse), np.empty(shape[:2] + coarse, np.int64)
+    K.adaptive_max_merge(fy, fa, y, a)
+    ry, ra = scan_max(x, *coarse)
+    np.testing.assert_array_equal(a, ra)
+    np.testing.assert_array_equal(y.view(np.uint8), ry.view(np.uint8))
+
+
+SERIAL_NEW = {name: njit(parallel=False)(getattr(K, "_" + name))
+              for name in ("adaptive_max_merge", "pyramid_max_backward")}
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 17, 11), (2, 3, 14, 14)])
+def test_parallel_equals_serial_global_and_pyramid(shape):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0, 2, 3] = np.nan
+    N, C, H, W = shape
+    dout = rng.standard_normal((N, C * 20)).astype(np.float32)
+    results = []
+    for get in (lambda name: getattr(K, name),
+                lambda name: SERIAL[name] if name in SERIAL else SERIAL_NEW[name]):
+        y1 = np.empty((N, C, 1, 1), np.float32)
+        get("adaptive_avg_forward")(x, y1)
+        dx1 = np.empty(shape, np.float32)
+        get("adaptive_avg_backward")(y1, dx1)
+        y4, a4 = np.empty((N, C, 4, 4), np.float32), np.empty((N, C, 4, 4), np.int64)
+        get("adaptive_max_forward")(x, y4, a4)
+        y2, a2 = np.empty((N, C, 2, 2), np.float32), np.empty((N, C, 2, 2), np.int64)
+        get("adaptive_max_merge")(y4, a4, y2, a2)
+        argmax = np.concatenate([a4.reshape(N, -1), a2.reshape(N, -1)], axis=1)
+        dx = np.empty(shape, np.float32)
+        get("pyramid_max_backward")(dout, argmax, np.array([4, 2], np.int64), dx)
+        results.append((y1, dx1, y2, a2, dx))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

@@ -40,6 +40,21 @@ def _bins(length, bins):
     return start, end
 
 
+@njit(cache=True, fastmath={"reassoc"})
+def _sum_any_order(a):
+    """``sum(a)`` of a 1-D contiguous array, accumulated in float64, in an
+    order the compiler chooses: ``reassoc`` (and no other fast-math flag)
+    lets it keep several vector lanes of partial sums and add them at the
+    end, 3-4x faster than one chain of dependent additions.  The order is
+    fixed by the compiled code, so a given build always returns the same
+    bits (serial and parallel callers too); another build or machine may
+    differ in the last bit of the float64 sum."""
+    s = np.float64(0.0)
+    for q in range(a.shape[0]):
+        s += a[q]
+    return s
+
+
 def _adaptive_avg_forward(x, out):
     """Adaptive average pooling, ``x`` (N, C, H, W) -> ``out`` (N, C, oH, oW).
 
@@ -47,7 +62,9 @@ def _adaptive_avg_forward(x, out):
     with ``[h0, h1)`` bin ``i`` of H into oH and ``[w0, w1)`` bin ``j`` of
     W into oW (module docstring).  ``out`` is overwritten.
 
-    Order of the float64 sum: for each row bin the column sums
+    Order of the float64 sum.  Output size 1x1 (global average): the plane
+    is one contiguous run and :func:`_sum_any_order` adds it in vector
+    lanes.  Otherwise: for each row bin the column sums
     ``colsum[w] = x[h0, w] + x[h0 + 1, w] + ... + x[h1 - 1, w]`` are formed
     for the whole width at once (a loop over contiguous cells that the
     compiler vectorises), then each output adds ``colsum[w0] + ... +
@@ -62,6 +79,12 @@ def _adaptive_avg_forward(x, out):
     P = N * C
     xp = x.reshape((P, H, W))
     op = out.reshape((P, oH, oW))
+    if oH == 1 and oW == 1:                 # global average: one long contiguous sum
+        xflat = x.reshape((P, H * W))
+        oflat = out.reshape(P)
+        for p in prange(P):
+            oflat[p] = _sum_any_order(xflat[p]) / (H * W)
+        return
     colsum = np.empty((P, W))
     hs, he = _bins(H, oH)
     ws, we = _bins(W, oW)
@@ -92,7 +115,8 @@ def _adaptive_avg_backward(dout, dx):
 
     with ``g = dout / |bin|`` in float64 and each ``+=`` rounded to dx's
     dtype, bins taken in row-major order.  ``dx`` is overwritten.
-    When the bins tile the plane (``oH`` divides H and ``oW`` divides W)
+    Output size 1x1: each plane is filled with ``0.0 + g``.
+    Otherwise, when the bins tile the plane (``oH`` divides H and ``oW`` divides W)
     every cell is in one bin and gets ``dx = 0.0 + g``: the row of g values
     is built once per row bin and copied to each of its rows.  Otherwise
     the plane is zeroed and the bins are added one by one.  Both give the
@@ -107,6 +131,14 @@ def _adaptive_avg_backward(dout, dx):
     P = N * C
     dp = dout.reshape((P, oH, oW))
     xp = dx.reshape((P, H, W))
+    if oH == 1 and oW == 1:                 # global average: fill each plane with one value
+        dflat = dout.reshape(P)
+        xflat = dx.reshape((P, H * W))
+        for p in prange(P):
+            g = 0.0 + np.float64(dflat[p]) / (H * W)
+            for q in range(H * W):
+                xflat[p, q] = g
+        return
     tiled = H % oH == 0 and W % oW == 0
     grow = np.empty((P, W))
     hs, he = _bins(H, oH)
@@ -215,6 +247,49 @@ def _adaptive_max_forward(x, out, argmax):
                 ap[p, i, j] = k
 
 
+def _adaptive_max_merge(fine, fine_arg, out, argmax):
+    """Adaptive max pooling to a coarser size, from the result of a finer one.
+
+    ``fine``, ``fine_arg`` (N, C, fH, fW): an adaptive max pooling of some
+    ``x`` (value and flat index) -> ``out``, ``argmax`` (N, C, oH, oW), the
+    adaptive max pooling of the same ``x``, overwritten.  Needs ``oH``
+    to divide ``fH`` and ``oW`` to divide ``fW``: then coarse bin ``i``
+    is exactly the union of fine bins ``i*fH/oH .. (i+1)*fH/oH - 1`` (the
+    floor/ceil bin rule nests), so its answer is the best of those fine
+    answers under the scan's rule: a NaN beats any number and the NaN with
+    the larger flat index wins (the last NaN); otherwise the larger value,
+    and on a tie the smaller flat index (the first maximum).  Used by the
+    spatial pyramid: levels (1, 2, 4) cost one pass over ``x``.
+    Parallel contract: prange over the N*C planes; iteration p writes only
+    plane p of ``out`` and ``argmax``.
+    """
+    N, C, fH, fW = fine.shape
+    oH = out.shape[2]
+    oW = out.shape[3]
+    P = N * C
+    fv = fine.reshape((P, fH, fW))
+    fa = fine_arg.reshape((P, fH, fW))
+    op = out.reshape((P, oH, oW))
+    ap = argmax.reshape((P, oH, oW))
+    sh = fH // oH
+    sw = fW // oW
+    for p in prange(P):
+        for i in range(oH):
+            for j in range(oW):
+                best = fv[p, i * sh, j * sw]
+                k = fa[p, i * sh, j * sw]
+                for a in range(i * sh, i * sh + sh):
+                    for b in range(j * sw, j * sw + sw):
+                        v = fv[p, a, b]
+                        q = fa[p, a, b]
+                        if (v > best or (v == best and q < k)
+                                or (v != v and (best == best or q > k))):
+                            best = v
+                            k = q
+                op[p, i, j] = best
+                ap[p, i, j] = k
+
+
 def _argmax_backward(dout, argmax, dx):
     """Route each output gradient to the one input cell it came from.
 
@@ -247,7 +322,70 @@ def _argmax_backward(dout, argmax, dx):
                 xp[p, k] += dp[p, m]
 
 
+def _pyramid_max_backward(dout, argmax, levels, dx):
+    """Backward of spatial pyramid max pooling: every level routes its
+    gradients to its argmax cells, and the levels add up.
+
+    ``dout``, ``argmax`` (N, F) in the pyramid's feature layout (level by
+    level; inside level ``l``, ``c*l*l + i*l + j``), ``levels`` (E,) int64
+    -> ``dx`` (N, C, H, W), overwritten::
+
+        dx = sum over levels of  (dx_l = 0;  dx_l.flat[argmax] += dout)
+
+    computed as that sum is, in dx's dtype, without a plane per level:
+    where one level's bins overlap, a cell can be the argmax of several of
+    its outputs, and their gradients must be summed before the level's
+    total joins the cell.  A level whose bins tile the plane (``l``
+    divides H and W) has one output per cell: its gradients are added
+    directly.  Any other level: (1) ``before[m]`` = the value of
+    each output's cell; (2) those cells are set to 0; (3) every output adds
+    its gradient to its cell, in row-major order (the level's own sums);
+    (4) ``total[m]`` = each cell's level sum; (5) each cell is set to
+    ``before + total`` (outputs sharing a cell write the same value).
+    Parallel contract: prange over the N*C planes; iteration p writes only
+    plane p of ``dx`` and row p of the scratch arrays.
+    """
+    N, C, H, W = dx.shape
+    P = N * C
+    L = H * W
+    E = levels.shape[0]
+    xf = dx.reshape((P, L))
+    first = np.empty(E, np.int64)             # feature offset of each level
+    offset = 0
+    most = 0
+    for e in range(E):
+        first[e] = offset
+        offset += C * levels[e] * levels[e]
+        most = max(most, levels[e] * levels[e])
+    before = np.empty((P, most), dx.dtype)
+    total = np.empty((P, most), dx.dtype)
+    for p in prange(P):
+        n = p // C
+        c = p % C
+        for q in range(L):
+            xf[p, q] = 0.0
+        for e in range(E):
+            M = levels[e] * levels[e]
+            base = first[e] + c * M
+            if H % levels[e] == 0 and W % levels[e] == 0:   # bins tile: one output per cell
+                for m in range(M):
+                    xf[p, argmax[n, base + m]] += dout[n, base + m]
+                continue
+            for m in range(M):
+                before[p, m] = xf[p, argmax[n, base + m]]
+            for m in range(M):
+                xf[p, argmax[n, base + m]] = 0.0
+            for m in range(M):
+                xf[p, argmax[n, base + m]] += dout[n, base + m]
+            for m in range(M):
+                total[p, m] = xf[p, argmax[n, base + m]]
+            for m in range(M):
+                xf[p, argmax[n, base + m]] = before[p, m] + total[p, m]
+
+
 adaptive_avg_forward = njit(parallel=True, cache=True)(_adaptive_avg_forward)
 adaptive_avg_backward = njit(parallel=True, cache=True)(_adaptive_avg_backward)
 adaptive_max_forward = njit(parallel=True, cache=True)(_adaptive_max_forward)
 argmax_backward = njit(parallel=True, cache=True)(_argmax_backward)
+adaptive_max_merge = njit(parallel=True, cache=True)(_adaptive_max_merge)
+pyramid_max_backward = njit(parallel=True, cache=True)(_pyramid_max_backward)

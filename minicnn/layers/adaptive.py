@@ -19,11 +19,32 @@ from __future__ import annotations
 
 import numbers
 
+import numba
 import numpy as np
 
 from minicnn.kernels.adaptive import (adaptive_avg_backward, adaptive_avg_forward,
-                                      adaptive_max_forward, argmax_backward)
+                                      adaptive_max_forward, adaptive_max_merge,
+                                      argmax_backward, pyramid_max_backward)
 from minicnn.layers.base import Layer
+
+# Waking Numba's thread pool costs tens of microseconds on an idle machine and
+# milliseconds when the cores are busy; below this many elements a kernel runs
+# on the calling thread alone (same code, same result bit for bit), as the
+# window pooling layers do.
+PARALLEL_MIN_SIZE = 1 << 15
+
+
+def run_kernel(kernel, *args):
+    """Call a plane-parallel kernel whose first and last arguments are its
+    largest arrays; small inputs run on the calling thread only."""
+    if max(args[0].size, args[-1].size) >= PARALLEL_MIN_SIZE:
+        return kernel(*args)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
 
 
 def adaptive_output_size(value, layer: str) -> tuple:
@@ -59,26 +80,26 @@ def _check_nonempty(layer, x):
 
 def _avg(x, oh, ow):
     out = np.empty(x.shape[:2] + (oh, ow), x.dtype)
-    adaptive_avg_forward(np.ascontiguousarray(x), out)
+    run_kernel(adaptive_avg_forward, np.ascontiguousarray(x), out)
     return out
 
 
 def _avg_backward(dout, x_shape, dtype):
     dx = np.empty(x_shape, dtype)
-    adaptive_avg_backward(np.ascontiguousarray(dout, dtype=dtype), dx)
+    run_kernel(adaptive_avg_backward, np.ascontiguousarray(dout, dtype=dtype), dx)
     return dx
 
 
 def _max(x, oh, ow):
     out = np.empty(x.shape[:2] + (oh, ow), x.dtype)
     argmax = np.empty(out.shape, np.int64)
-    adaptive_max_forward(np.ascontiguousarray(x), out, argmax)
+    run_kernel(adaptive_max_forward, np.ascontiguousarray(x), out, argmax)
     return out, argmax
 
 
 def _max_backward(dout, argmax, x_shape, dtype):
     dx = np.empty(x_shape, dtype)
-    argmax_backward(np.ascontiguousarray(dout, dtype=dtype), argmax, dx)
+    run_kernel(argmax_backward, np.ascontiguousarray(dout, dtype=dtype), argmax, dx)
     return dx
 
 
@@ -224,6 +245,7 @@ class SpatialPyramidPool2D(Layer):
         self.levels = tuple(int(v) for v in levels)
         self.mode = mode
         self._x_shape = None
+        self._argmax = None
 
     def config(self):
         return {"levels": list(self.levels), "mode": self.mode}
@@ -242,28 +264,40 @@ class SpatialPyramidPool2D(Layer):
                              f"largest pyramid level {top} (levels={self.levels}); "
                              f"need H, W >= {top}")
         x = np.ascontiguousarray(x)
-        pieces, self._argmaxes = [], []
-        for v in self.levels:
-            if self.mode == "max":
-                y, argmax = _max(x, v, v)
-                self._argmaxes.append(argmax)
-            else:
-                y = _avg(x, v, v)
-            pieces.append(y.reshape(N, C * v * v))
         self._x_shape, self._dtype_used = x.shape, x.dtype
-        return np.concatenate(pieces, axis=1)
+        if self.mode == "avg":
+            return np.concatenate([_avg(x, v, v).reshape(N, C * v * v) for v in self.levels],
+                                  axis=1)
+        # max: one pass over x for the largest level; a level that divides it
+        # is merged from that result (its bins are unions of the finer bins)
+        fine = {top: _max(x, top, top)}
+        for v in self.levels:
+            if v not in fine:
+                if top % v == 0:
+                    y = np.empty((N, C, v, v), x.dtype)
+                    argmax = np.empty(y.shape, np.int64)
+                    run_kernel(adaptive_max_merge, fine[top][0], fine[top][1], y, argmax)
+                    fine[v] = y, argmax
+                else:
+                    fine[v] = _max(x, v, v)
+        y = np.concatenate([fine[v][0].reshape(N, C * v * v) for v in self.levels], axis=1)
+        self._argmax = np.concatenate([fine[v][1].reshape(N, C * v * v) for v in self.levels],
+                                      axis=1)
+        return y
 
     def backward(self, dout):
         self._need_forward("_x_shape")
         N, C = self._x_shape[:2]
         dout = self._check_dout(dout, (N, C * self.features_per_channel))
+        if self.mode == "max":
+            dx = np.empty(self._x_shape, self._dtype_used)
+            run_kernel(pyramid_max_backward, np.ascontiguousarray(dout, dtype=self._dtype_used),
+                       self._argmax, np.array(self.levels, np.int64), dx)
+            return dx
         dx = np.zeros(self._x_shape, self._dtype_used)
         start = 0
-        for k, v in enumerate(self.levels):
+        for v in self.levels:
             d = dout[:, start:start + C * v * v].reshape(N, C, v, v)
             start += C * v * v
-            if self.mode == "max":
-                dx += _max_backward(d, self._argmaxes[k], self._x_shape, self._dtype_used)
-            else:
-                dx += _avg_backward(d, self._x_shape, self._dtype_used)
+            dx += _avg_backward(d, self._x_shape, self._dtype_used)
         return dx

@@ -23,6 +23,7 @@ from minicnn.kernels.random_pooling import (fractional_intervals, fractional_max
                                             stochastic_pool_eval_backward,
                                             stochastic_pool_eval_forward,
                                             stochastic_pool_forward)
+from minicnn.layers.adaptive import run_kernel
 from minicnn.layers.base import Layer
 from minicnn.layers.geometry import check_window, pair, window_output_shape
 
@@ -86,10 +87,10 @@ class StochasticPool2D(Layer):
         if self.training:
             u = self.rng.random((N, C, oh, ow))
             index = np.empty(out.shape, np.int64)
-            stochastic_pool_forward(x, u, kh, kw, sh, sw, out, index)
+            run_kernel(stochastic_pool_forward, x, u, kh, kw, sh, sw, out, index)
             self._cache = ("train", index, x.shape, x.dtype)
         else:
-            stochastic_pool_eval_forward(x, kh, kw, sh, sw, out)
+            run_kernel(stochastic_pool_eval_forward, x, kh, kw, sh, sw, out)
             self._cache = ("eval", x, x.shape, x.dtype)
         return out
 
@@ -101,10 +102,10 @@ class StochasticPool2D(Layer):
         dout = np.ascontiguousarray(self._check_dout(dout, (N, C, oh, ow)), dtype=dtype)
         dx = np.empty(shape, dtype)
         if mode == "train":
-            argmax_backward(dout, saved, dx)
+            run_kernel(argmax_backward, dout, saved, dx)
         else:
             (kh, kw), (sh, sw) = self.kernel_size, self.stride
-            stochastic_pool_eval_backward(saved, dout, kh, kw, sh, sw, dx)
+            run_kernel(stochastic_pool_eval_backward, saved, dout, kh, kw, sh, sw, dx)
         return dx
 
 
@@ -216,7 +217,7 @@ class FractionalMaxPool2D(Layer):
         cols = fractional_intervals(self.samples[..., 0], W, ow, kw)
         out = np.empty((N, C, oh, ow), x.dtype)
         argmax = np.empty(out.shape, np.int64)
-        fractional_max_forward(x, rows, cols, kh, kw, out, argmax)
+        run_kernel(fractional_max_forward, x, rows, cols, kh, kw, out, argmax)
         self._argmax, self._x_shape, self._dtype_used = argmax, x.shape, x.dtype
         return (out, argmax.copy()) if self.return_indices else out
 
@@ -224,5 +225,6 @@ class FractionalMaxPool2D(Layer):
         self._need_forward("_argmax")
         dout = self._check_dout(dout, self._argmax.shape)
         dx = np.empty(self._x_shape, self._dtype_used)
-        argmax_backward(np.ascontiguousarray(dout, dtype=self._dtype_used), self._argmax, dx)
+        run_kernel(argmax_backward, np.ascontiguousarray(dout, dtype=self._dtype_used),
+                   self._argmax, dx)
         return dx
