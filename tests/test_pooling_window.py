@@ -360,6 +360,27 @@ def test_parallel_equals_serial_bit_for_bit(case):
         assert not np.all(a == 7)
 
 
+def test_mixed_combine_kernels_parallel_equals_serial_and_numpy():
+    rng = np.random.default_rng(12)
+    mx, av = (rng.standard_normal((6, 9, 7)).astype(np.float32) for _ in range(2))
+    a, b = np.float32(0.3), np.float32(1 - 0.3)
+    results = []
+    for kernel in (K.mixedpool2d_combine, njit(K._mixedpool2d_combine)):
+        out, diff = np.empty_like(mx), av.copy()
+        kernel(mx, diff, a, b, out)
+        results.append((out, diff))
+    for out, diff in results:                        # numpy's float32 arithmetic, bit for bit
+        assert out.tobytes() == (0.3 * mx + (1 - 0.3) * av).tobytes()
+        assert diff.tobytes() == (mx - av).tobytes()
+    results = []
+    for kernel in (K.mixedpool2d_backward_combine, njit(K._mixedpool2d_backward_combine)):
+        dmax = mx.copy()
+        kernel(dmax, av, a, b)
+        results.append(dmax)
+    for dmax in results:
+        assert dmax.tobytes() == (0.3 * mx + (1 - 0.3) * av).tobytes()
+
+
 @pytest.mark.parametrize("make", [
     lambda: MaxPool2D(3, 2, 1), lambda: MaxPool2D(2), lambda: AvgPool2D(3, 2, 1),
     lambda: LPPool2D(2, 3, 2), lambda: MixedPool2D(2, alpha=0.3, learnable=True),

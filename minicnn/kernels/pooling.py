@@ -866,6 +866,49 @@ def _lppool2d_2x2_backward(dout, x, out, sums, norm_type, dx):
                 dx[p, h, w] = 0.0
 
 
+# ---------------------------------------------------------------- mixed
+def _mixedpool2d_combine(mx, av, a, b, out):
+    """Mixed pooling's forward from its two parts, in one pass.
+
+    mx, av: (P, H_out, W_out) max- and average-pooled planes -> out, same
+    shape; ``av`` is overwritten with ``mx - av`` (the gradient of alpha
+    needs it; reusing the buffer saves an allocation).
+
+    Forward: ``out = a*mx + b*av`` with ``a = alpha``, ``b = 1 - alpha`` as
+    scalars of the planes' dtype (so float32 planes combine in float32, as
+    numpy's ``a*mx + (1-a)*av`` does).  Backward: see
+    :func:`_mixedpool2d_backward_combine`.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    """
+    P, H_out, W_out = mx.shape
+    m = mx.reshape((P, H_out * W_out))
+    v = av.reshape((P, H_out * W_out))
+    y = out.reshape((P, H_out * W_out))
+    for p in prange(P):
+        for q in range(H_out * W_out):
+            y[p, q] = a * m[p, q] + b * v[p, q]
+            v[p, q] = m[p, q] - v[p, q]
+
+
+def _mixedpool2d_backward_combine(dmax, davg, a, b):
+    """Mixed pooling's input gradient from its two parts, in place.
+
+    dmax, davg: (P, H, W), the max- and average-pooling input gradients of
+    the same ``dout``; ``dmax`` is overwritten with ``a*dmax + b*davg``
+    (``a``, ``b`` scalars of the planes' dtype, as in
+    :func:`_mixedpool2d_combine`).
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    """
+    P, H, W = dmax.shape
+    m = dmax.reshape((P, H * W))
+    v = davg.reshape((P, H * W))
+    for p in prange(P):
+        for q in range(H * W):
+            m[p, q] = a * m[p, q] + b * v[p, q]
+
+
 # ------------------------------------------------------------------- compiled
 maxpool2d_forward = njit(parallel=True, cache=True)(_maxpool2d_forward)
 maxpool2d_2x2_forward = njit(parallel=True, cache=True)(_maxpool2d_2x2_forward)
@@ -885,3 +928,5 @@ lppool2d_3x3_forward = njit(parallel=True, cache=True)(_lppool2d_3x3_forward)
 lppool2d_backward = njit(parallel=True, cache=True)(_lppool2d_backward)
 lppool2d_2x2_backward = njit(parallel=True, cache=True)(_lppool2d_2x2_backward)
 lppool2d_3x3_backward = njit(parallel=True, cache=True)(_lppool2d_3x3_backward)
+mixedpool2d_combine = njit(parallel=True, cache=True)(_mixedpool2d_combine)
+mixedpool2d_backward_combine = njit(parallel=True, cache=True)(_mixedpool2d_backward_combine)

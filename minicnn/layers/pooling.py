@@ -465,20 +465,23 @@ class MixedPool2D(_Pool):
         _maxpool(xp, self.kernel_size, self.stride, (0, 0), (1, 1), mx, argmax)
         _avgpool(xp, *self._avg_args(), av)
         a = self.params["alpha"][0] if self.learnable else self.alpha
-        y = a * mx + (1 - a) * av
+        y = np.empty_like(mx)
+        dt = x.dtype.type              # a*mx + (1-a)*av as numpy computes it for this dtype
+        _run(K.mixedpool2d_combine, mx, av, dt(a), dt(1 - a), y)      # av becomes mx - av
         self._argmax, self._alpha_used = argmax, a
-        self._diff = mx - av if self.learnable else None
+        self._diff = av if self.learnable else None
         self._remember(x, (Ho, Wo))
-        return y.reshape(N, C, Ho, Wo).astype(x.dtype, copy=False)
+        return y.reshape(N, C, Ho, Wo)
 
     def backward(self, dout):
         """dout: (N, C, H_out, W_out) -> dx: (N, C, H, W); sets grads["alpha"] if learnable."""
         d = self._dout(dout)
-        dmax, davg = self._new_dx(), self._new_dx()
-        _run(K.maxpool2d_backward, d, self._argmax, dmax)
+        dx, davg = self._new_dx(), self._new_dx()
+        _run(K.maxpool2d_backward, d, self._argmax, dx)
         _avgpool_backward(d, *self._avg_args(), davg)
         a = self._alpha_used
-        dx = a * dmax + (1 - a) * davg
+        dt = self._x_dtype.type
+        _run(K.mixedpool2d_backward_combine, dx, davg, dt(a), dt(1 - a))    # dx = a*dx + (1-a)*davg
         if self.learnable:
             self.grads["alpha"][0] = np.sum(d * self._diff, dtype=np.float64)
-        return dx.reshape(self._x_shape).astype(self._x_dtype, copy=False)
+        return dx.reshape(self._x_shape)
