@@ -140,7 +140,7 @@ def _adaptive_avg_backward(dout, dx):
                 xflat[p, q] = g
         return
     tiled = H % oH == 0 and W % oW == 0
-    grow = np.empty((P, W))
+    grow = np.empty((P, W), dx.dtype)
     hs, he = _bins(H, oH)
     ws, we = _bins(W, oW)
     for p in prange(P):
@@ -151,10 +151,10 @@ def _adaptive_avg_backward(dout, dx):
                     w0, w1 = ws[j], we[j]
                     g = np.float64(dp[p, i, j]) / ((h1 - h0) * (w1 - w0))
                     for w in range(w0, w1):
-                        grow[p, w] = g
+                        grow[p, w] = 0.0 + g          # rounded to dx's dtype once
                 for h in range(h0, h1):
                     for w in range(W):
-                        xp[p, h, w] = 0.0 + grow[p, w]
+                        xp[p, h, w] = grow[p, w]
         else:
             for h in range(H):
                 for w in range(W):
