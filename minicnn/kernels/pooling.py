@@ -649,6 +649,36 @@ def _lp_window_backward(dx, x, p, h_lo, h_hi, w_lo, w_hi, g, pm1):
             dx[p, h, w] += g * _power(np.float64(x[p, h, w]), pm1)
 
 
+@njit(cache=True, inline='always')
+def _lp_sum9(x, p, h, w, norm_type):
+    """``sum(x[p, h:h+3, w:w+3] ** norm_type)`` in float64, row-major order."""
+    s = 0.0
+    s += _power(np.float64(x[p, h, w]), norm_type)
+    s += _power(np.float64(x[p, h, w + 1]), norm_type)
+    s += _power(np.float64(x[p, h, w + 2]), norm_type)
+    s += _power(np.float64(x[p, h + 1, w]), norm_type)
+    s += _power(np.float64(x[p, h + 1, w + 1]), norm_type)
+    s += _power(np.float64(x[p, h + 1, w + 2]), norm_type)
+    s += _power(np.float64(x[p, h + 2, w]), norm_type)
+    s += _power(np.float64(x[p, h + 2, w + 1]), norm_type)
+    s += _power(np.float64(x[p, h + 2, w + 2]), norm_type)
+    return s
+
+
+@njit(cache=True, inline='always')
+def _lp_add9(dx, x, p, h, w, g, pm1):
+    """``dx[p, h:h+3, w:w+3] += g * x[...] ** pm1``, cell by cell, row-major."""
+    dx[p, h, w] += g * _power(np.float64(x[p, h, w]), pm1)
+    dx[p, h, w + 1] += g * _power(np.float64(x[p, h, w + 1]), pm1)
+    dx[p, h, w + 2] += g * _power(np.float64(x[p, h, w + 2]), pm1)
+    dx[p, h + 1, w] += g * _power(np.float64(x[p, h + 1, w]), pm1)
+    dx[p, h + 1, w + 1] += g * _power(np.float64(x[p, h + 1, w + 1]), pm1)
+    dx[p, h + 1, w + 2] += g * _power(np.float64(x[p, h + 1, w + 2]), pm1)
+    dx[p, h + 2, w] += g * _power(np.float64(x[p, h + 2, w]), pm1)
+    dx[p, h + 2, w + 1] += g * _power(np.float64(x[p, h + 2, w + 1]), pm1)
+    dx[p, h + 2, w + 2] += g * _power(np.float64(x[p, h + 2, w + 2]), pm1)
+
+
 def _lppool2d_forward(x, norm_type, kh, kw, sh, sw, out, sums):
     """Power-average (LP) pooling, no padding, as PyTorch computes it.
 
@@ -733,16 +763,10 @@ def _lppool2d_3x3_forward(x, norm_type, sh, sw, out, sums):
                     continue
                 for ow in range(lo, hi):
                     w = ow * sw
-                    s = 0.0
-                    s += _power(np.float64(x[p, h, w]), q)
-                    s += _power(np.float64(x[p, h, w + 1]), q)
-                    s += _power(np.float64(x[p, h, w + 2]), q)
-                    s += _power(np.float64(x[p, h + 1, w]), q)
-                    s += _power(np.float64(x[p, h + 1, w + 1]), q)
-                    s += _power(np.float64(x[p, h + 1, w + 2]), q)
-                    s += _power(np.float64(x[p, h + 2, w]), q)
-                    s += _power(np.float64(x[p, h + 2, w + 1]), q)
-                    s += _power(np.float64(x[p, h + 2, w + 2]), q)
+                    if q == 2.0:                # a literal 2: _power's branches fold away
+                        s = _lp_sum9(x, p, h, w, 2.0)
+                    else:
+                        s = _lp_sum9(x, p, h, w, q)
                     sums[p, oh, ow] = s
                     out[p, oh, ow] = _root(s, q)
 
@@ -823,15 +847,10 @@ def _lppool2d_3x3_backward(dout, x, out, sums, norm_type, sh, sw, dx):
                             g = g * 9 / n
                         _lp_window_backward(dx, x, p, h_lo, h_hi, w_lo, w_hi, g, pm1)
                         continue
-                    dx[p, h, w] += g * _power(np.float64(x[p, h, w]), pm1)
-                    dx[p, h, w + 1] += g * _power(np.float64(x[p, h, w + 1]), pm1)
-                    dx[p, h, w + 2] += g * _power(np.float64(x[p, h, w + 2]), pm1)
-                    dx[p, h + 1, w] += g * _power(np.float64(x[p, h + 1, w]), pm1)
-                    dx[p, h + 1, w + 1] += g * _power(np.float64(x[p, h + 1, w + 1]), pm1)
-                    dx[p, h + 1, w + 2] += g * _power(np.float64(x[p, h + 1, w + 2]), pm1)
-                    dx[p, h + 2, w] += g * _power(np.float64(x[p, h + 2, w]), pm1)
-                    dx[p, h + 2, w + 1] += g * _power(np.float64(x[p, h + 2, w + 1]), pm1)
-                    dx[p, h + 2, w + 2] += g * _power(np.float64(x[p, h + 2, w + 2]), pm1)
+                    if pm1 == 1.0:              # p = 2: a literal 1, the power folds away
+                        _lp_add9(dx, x, p, h, w, g, 1.0)
+                    else:
+                        _lp_add9(dx, x, p, h, w, g, pm1)
 
 
 def _lppool2d_2x2_backward(dout, x, out, sums, norm_type, dx):
