@@ -245,16 +245,6 @@ def _max9(x, p, r0, r1, r2, c0, c1, c2):
     return best, k
 
 
-@njit(cache=True, inline='always')
-def _max3x3_clamped(x, p, h, w):
-    """``(best, flat index)`` of the 3x3 window at ``(h, w)`` by :func:`_max9`,
-    rows and columns clamped into the input (see :func:`_maxpool2d_3x3_forward`)."""
-    H, W = x.shape[1], x.shape[2]
-    best, k = _max9(x, p, max(h, 0), min(h + 1, H - 1), min(h + 2, H - 1),
-                    max(w, 0), min(w + 1, W - 1), min(w + 2, W - 1))
-    return best, min(max(h + k // 3, 0), H - 1) * W + min(max(w + k % 3, 0), W - 1)
-
-
 def _maxpool2d_3x3_forward(x, sh, sw, ph, pw, out, argmax):
     """:func:`_maxpool2d_forward` for a 3x3 window without dilation (any
     stride, padding 0 or 1): same shapes, same rule, same result bit for bit.
@@ -266,10 +256,10 @@ def _maxpool2d_3x3_forward(x, sh, sw, ph, pw, out, argmax):
     inside (``clamp``).  That only repeats taps of the same window, and as
     the clamp is monotone, the first occurrence of each cell keeps its
     row-major rank, so the first maximum (value *and* index) is unchanged.
-    (Every window has a tap inside: padding <= 1.)  Only the border columns
-    ``ow < ow_a`` and ``ow >= ow_b`` pay for clamping columns.  A plane
-    holding a NaN (rare) goes window by window through :func:`_max_window`
-    instead, which applies the NaN rule.
+    (Every window has a tap inside: padding <= 1.)  Clamping every window
+    costs less than splitting off the border ones.  A plane holding a NaN
+    (rare) goes window by window through :func:`_max_window` instead, which
+    applies the NaN rule.
 
     Parallel: prange over the P planes; iteration p writes only plane p.
     H_out, W_out: ``geometry.output_size`` (read from the output's shape).
@@ -278,12 +268,6 @@ def _maxpool2d_3x3_forward(x, sh, sw, ph, pw, out, argmax):
     H_out, W_out = out.shape[1], out.shape[2]
     i0s, i1s = _tap_ranges(H_out, 3, sh, ph, 1, H)
     j0s, j1s = _tap_ranges(W_out, 3, sw, pw, 1, W)
-    ow_a = 0                                    # windows ow_a <= ow < ow_b: all columns inside
-    while ow_a < W_out and j0s[ow_a] > 0:
-        ow_a += 1
-    ow_b = max(ow_a, W_out)
-    while ow_b > ow_a and j1s[ow_b - 1] < 3:
-        ow_b -= 1
     flat = x.reshape((P, H * W))
     for p in prange(P):
         if _has_nan(flat, p):
@@ -292,15 +276,12 @@ def _maxpool2d_3x3_forward(x, sh, sw, ph, pw, out, argmax):
         for oh in range(H_out):
             h = oh * sh - ph
             r0, r1, r2 = max(h, 0), min(h + 1, H - 1), min(h + 2, H - 1)
-            for ow in range(ow_a, ow_b):
+            for ow in range(W_out):
                 w = ow * sw - pw
-                best, k = _max9(x, p, r0, r1, r2, w, w + 1, w + 2)
+                best, k = _max9(x, p, r0, r1, r2, max(w, 0), min(w + 1, W - 1), min(w + 2, W - 1))
                 out[p, oh, ow] = best
-                argmax[p, oh, ow] = min(max(h + k // 3, 0), H - 1) * W + w + k % 3
-            for ow in range(ow_a):
-                out[p, oh, ow], argmax[p, oh, ow] = _max3x3_clamped(x, p, h, ow * sw - pw)
-            for ow in range(ow_b, W_out):
-                out[p, oh, ow], argmax[p, oh, ow] = _max3x3_clamped(x, p, h, ow * sw - pw)
+                argmax[p, oh, ow] = (min(max(h + k // 3, 0), H - 1) * W
+                                     + min(max(w + k % 3, 0), W - 1))
 
 
 def _maxpool2d_2x2_forward(x, out, argmax):
