@@ -18,9 +18,13 @@ size from the shape of ``dx`` (backward).  ``argmax`` holds the flat index
 ``return_indices`` does.
 
 Parallel contract (every kernel here): prange over the N*C planes; each
-iteration reads and writes only its own plane, so overlapping bins in the
+iteration reads and writes only its own plane (and its own row of any
+scratch array, allocated before the loop), so overlapping bins in the
 backward passes cannot race.  Accumulation is in float64 whatever the
-input dtype; the result is stored in the output's dtype.
+input dtype; the result is stored in the output's dtype.  Arrays are
+C-contiguous (the layers pass them so); kernels view each plane flat or as
+(H, W) rows and loop over contiguous cells from index 0, the loops the
+compiler vectorises.
 """
 import numpy as np
 from numba import njit, prange
@@ -115,12 +119,12 @@ def _adaptive_avg_backward(dout, dx):
 
     with ``g = dout / |bin|`` in float64 and each ``+=`` rounded to dx's
     dtype, bins taken in row-major order.  ``dx`` is overwritten.
-    Output size 1x1: each plane is filled with ``0.0 + g``.
-    Otherwise, when the bins tile the plane (``oH`` divides H and ``oW`` divides W)
-    every cell is in one bin and gets ``dx = 0.0 + g``: the row of g values
-    is built once per row bin and copied to each of its rows.  Otherwise
-    the plane is zeroed and the bins are added one by one.  Both give the
-    same values as that rule, bit for bit.
+    Three paths, all equal to that rule bit for bit.  Output size 1x1: each
+    plane is filled with ``0.0 + g``.  Bins tiling the plane (``oH``
+    divides H and ``oW`` divides W): every cell is in one bin and gets
+    ``0.0 + g``; the row of those values is built once per row bin and
+    copied to each of its rows.  Otherwise the plane is zeroed and the
+    bins are added one by one.
     Parallel contract: prange over the N*C planes; iteration p writes only
     plane p of ``dx`` and row p of the scratch ``grow``, so overlapping
     bins cannot race.

@@ -230,6 +230,10 @@ class SpatialPyramidPool2D(Layer):
     level channel-major, ``c*l*l + i*l + j`` (``torch.flatten(pooled, 1)``).
     Backward: each level's slice of ``dout`` goes through that level's
     adaptive backward; the input gradients of the levels are summed.
+    Max mode computes the same values in fewer passes: a level dividing the
+    largest one is merged from the largest level's result
+    (``adaptive_max_merge``), and one kernel routes every level's gradient
+    (``pyramid_max_backward``).
     """
 
     def __init__(self, levels=(1, 2, 4), mode="max", name=None):
