@@ -360,6 +360,31 @@ def test_parallel_equals_serial_bit_for_bit(case):
         assert not np.all(a == 7)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H, W, s", [(3, 3, (1, 1)), (4, 3, (2, 1)), (9, 11, (1, 2)),
+                                     (10, 11, (3, 2)), (13, 14, (4, 4)), (28, 28, (2, 2))])
+def test_mixed_3x3_kernel_equals_the_three_kernels(dtype, H, W, s):
+    rng = np.random.default_rng(H * 100 + W)
+    x = tie_heavy((5, H, W), rng, special=False).astype(dtype)
+    x[1, 0, 0] = np.nan                                   # NaN planes take the other loop
+    x[2, -1, -1] = np.nan
+    x[3] = -np.inf
+    Ho, Wo = (H - 3) // s[0] + 1, (W - 3) // s[1] + 1
+    a, b = dtype(0.3), dtype(1 - 0.3)
+    mx, av, out = (np.empty((5, Ho, Wo), dtype) for _ in range(3))
+    am = np.empty((5, Ho, Wo), np.int64)
+    K.maxpool2d_forward(x, 3, 3, *s, 0, 0, 1, 1, mx, am)
+    K.avgpool2d_forward(x, 3, 3, *s, 0, 0, True, 0, av)
+    K.mixedpool2d_combine(mx, av, a, b, out)
+    for kernel in (K.mixedpool2d_3x3_forward, njit(K._mixedpool2d_3x3_forward)):
+        fused = [np.full((5, Ho, Wo), 7, dtype), np.full((5, Ho, Wo), 7, np.int64),
+                 np.full((5, Ho, Wo), 7, dtype)]
+        kernel(x, *s, a, b, *fused)
+        for got, want in zip(fused, (out, am, av)):
+            nan = np.isnan(got)                           # bit for bit, but for NaN's sign bit
+            assert np.array_equal(nan, np.isnan(want)) and got[~nan].tobytes() == want[~nan].tobytes()
+
+
 def test_mixed_combine_kernels_parallel_equals_serial_and_numpy():
     rng = np.random.default_rng(12)
     mx, av = (rng.standard_normal((6, 9, 7)).astype(np.float32) for _ in range(2))

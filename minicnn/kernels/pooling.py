@@ -867,6 +867,67 @@ def _lppool2d_2x2_backward(dout, x, out, sums, norm_type, dx):
 
 
 # ---------------------------------------------------------------- mixed
+@njit(cache=True, inline='always')
+def _sum9(x, p, h, w):
+    """``sum(x[p, h:h+3, w:w+3])`` in float64, row-major order."""
+    s = 0.0
+    s += x[p, h, w]
+    s += x[p, h, w + 1]
+    s += x[p, h, w + 2]
+    s += x[p, h + 1, w]
+    s += x[p, h + 1, w + 1]
+    s += x[p, h + 1, w + 2]
+    s += x[p, h + 2, w]
+    s += x[p, h + 2, w + 1]
+    s += x[p, h + 2, w + 2]
+    return s
+
+
+def _mixedpool2d_3x3_forward(x, sh, sw, a, b, out, argmax, diff):
+    """Mixed pooling over 3x3 windows without padding (every window full,
+    floor mode) in one pass: max, argmax and average from the same nine
+    taps, then the combination.
+
+    x: (P, H, W) -> out, argmax, diff: (P, H_out, W_out).
+
+    Per window: ``mx, argmax`` as :func:`_maxpool2d_3x3_forward`, ``av =
+    sum / 9`` as :func:`_avgpool2d_3x3_forward`, both rounded to the
+    planes' dtype (stored, then read back), then ``out = a*mx + b*av`` and
+    ``diff = mx - av`` as :func:`_mixedpool2d_combine`: the same result as
+    the three kernels, bit for bit.  A plane holding a NaN takes its max
+    window by window from :func:`_max_window` (the NaN rule) in a loop of
+    its own: a branch per window in the fast loop costs more than that.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    flat = x.reshape((P, H * W))
+    nine = np.int64(9)          # int64 like the average kernels' divisor
+    for p in prange(P):
+        if _has_nan(flat, p):
+            for oh in range(H_out):
+                for ow in range(W_out):
+                    out[p, oh, ow], argmax[p, oh, ow] = _max_window(
+                        x, p, oh * sh, ow * sw, 1, 1, 0, 3, 0, 3)
+                    diff[p, oh, ow] = _sum9(x, p, oh * sh, ow * sw) / nine
+                    mx, av = out[p, oh, ow], diff[p, oh, ow]
+                    out[p, oh, ow] = a * mx + b * av
+                    diff[p, oh, ow] = mx - av
+            continue
+        for oh in range(H_out):
+            h = oh * sh
+            for ow in range(W_out):
+                w = ow * sw
+                mx, k = _max9(x, p, h, h + 1, h + 2, w, w + 1, w + 2)
+                argmax[p, oh, ow] = (h + k // 3) * W + w + k % 3
+                diff[p, oh, ow] = _sum9(x, p, h, w) / nine
+                av = diff[p, oh, ow]
+                out[p, oh, ow] = a * mx + b * av
+                diff[p, oh, ow] = mx - av
+
+
 def _mixedpool2d_combine(mx, av, a, b, out):
     """Mixed pooling's forward from its two parts, in one pass.
 
@@ -930,3 +991,4 @@ lppool2d_2x2_backward = njit(parallel=True, cache=True)(_lppool2d_2x2_backward)
 lppool2d_3x3_backward = njit(parallel=True, cache=True)(_lppool2d_3x3_backward)
 mixedpool2d_combine = njit(parallel=True, cache=True)(_mixedpool2d_combine)
 mixedpool2d_backward_combine = njit(parallel=True, cache=True)(_mixedpool2d_backward_combine)
+mixedpool2d_3x3_forward = njit(parallel=True, cache=True)(_mixedpool2d_3x3_forward)

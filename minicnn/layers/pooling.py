@@ -459,15 +459,18 @@ class MixedPool2D(_Pool):
         N, C, H, W = x.shape
         Ho, Wo = window_output_shape(self.name, (H, W), self.kernel_size, self.stride, self.padding)
         xp = _planes(x)
-        mx = np.empty((N * C, Ho, Wo), x.dtype)
-        av = np.empty_like(mx)
-        argmax = np.empty(mx.shape, np.int64)
-        _maxpool(xp, self.kernel_size, self.stride, (0, 0), (1, 1), mx, argmax)
-        _avgpool(xp, *self._avg_args(), av)
+        y = np.empty((N * C, Ho, Wo), x.dtype)
+        av = np.empty_like(y)                          # the average, then max - average
+        argmax = np.empty(y.shape, np.int64)
         a = self.params["alpha"][0] if self.learnable else self.alpha
-        y = np.empty_like(mx)
         dt = x.dtype.type              # a*mx + (1-a)*av as numpy computes it for this dtype
-        _run(K.mixedpool2d_combine, mx, av, dt(a), dt(1 - a), y)      # av becomes mx - av
+        if self.kernel_size == (3, 3):                 # one pass for max, average and y
+            _run(K.mixedpool2d_3x3_forward, xp, *self.stride, dt(a), dt(1 - a), y, argmax, av)
+        else:
+            mx = np.empty_like(y)
+            _maxpool(xp, self.kernel_size, self.stride, (0, 0), (1, 1), mx, argmax)
+            _avgpool(xp, *self._avg_args(), av)
+            _run(K.mixedpool2d_combine, mx, av, dt(a), dt(1 - a), y)
         self._argmax, self._alpha_used = argmax, a
         self._diff = av if self.learnable else None
         self._remember(x, (Ho, Wo))
