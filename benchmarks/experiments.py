@@ -65,9 +65,9 @@ def _max2x2_forward_select(x, out, argmax):
 
 def _lppool2_forward(x, kh, kw, sh, sw, out, sums):
     """``minicnn.kernels.pooling._lppool2d_forward`` for norm_type == 2:
-    ``v*v`` in float64 (exact for float32 v) and ``sqrt``.  Agrees with the
-    shipped kernel to about 1 float32 ulp, not bit for bit: there the squares
-    are rounded to float32 before they are summed."""
+    ``v*v`` in float64 (exact for float32 v) and ``sqrt``.  Adopted: the
+    shipped kernels now square in float64 too (before, the squares of
+    float32 input were rounded to float32 before they were summed)."""
     P, H, W = x.shape
     H_out, W_out = out.shape[1], out.shape[2]
     for p in prange(P):
@@ -272,8 +272,8 @@ def run(ctx, shape=None) -> list[dict]:
     out.append({"name": "LPPool2D p=2 2x2 fwd kernel: pow(v, p), pow(s, 1/p) -> v*v, sqrt(s)", "shape": label,
                 "current": t_lp, "candidate": measure(lambda: lppool2_forward(xp, 2, 2, 2, 2, yb, s2), T),
                 "same": bool(np.allclose(ya, yb, rtol=1e-6, atol=0) and np.allclose(s1, s2, rtol=1e-6, atol=0)),
-                "note": "equal to 1e-6 relative (the shipped kernel's squares round to float32, these are "
-                        "exact in float64); the backward's pow(x, p-1) is x itself for p = 2"})
+                "note": "adopted (the shipped kernels square in float64 too); the backward's pow(x, p-1) "
+                        "is x itself for p = 2"})
     for e in out:
         for k in ("current", "candidate"):
             e[k] = e[k].to_dict()
