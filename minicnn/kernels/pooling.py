@@ -421,6 +421,22 @@ def _avgpool2d_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_ove
                 out[p, oh, ow] = s / div
 
 
+@njit(cache=True, inline='always')
+def _sum9(x, p, h, w):
+    """``sum(x[p, h:h+3, w:w+3])`` in float64, row-major order."""
+    s = 0.0
+    s += x[p, h, w]
+    s += x[p, h, w + 1]
+    s += x[p, h, w + 2]
+    s += x[p, h + 1, w]
+    s += x[p, h + 1, w + 1]
+    s += x[p, h + 1, w + 2]
+    s += x[p, h + 2, w]
+    s += x[p, h + 2, w + 1]
+    s += x[p, h + 2, w + 2]
+    return s
+
+
 def _avgpool2d_3x3_forward(x, sh, sw, ph, pw, count_include_pad, divisor_override, out):
     """:func:`_avgpool2d_forward` for a 3x3 window (any stride, padding 0 or
     1): same shapes, same sums in the same order, same result bit for bit.
@@ -448,18 +464,7 @@ def _avgpool2d_3x3_forward(x, sh, sw, ph, pw, count_include_pad, divisor_overrid
             for lo, hi, inner in ((0, ow_a, False), (ow_a, ow_b, full_rows), (ow_b, W_out, False)):
                 if inner:
                     for ow in range(lo, hi):
-                        w = ow * sw - pw
-                        s = 0.0
-                        s += x[p, h, w]
-                        s += x[p, h, w + 1]
-                        s += x[p, h, w + 2]
-                        s += x[p, h + 1, w]
-                        s += x[p, h + 1, w + 1]
-                        s += x[p, h + 1, w + 2]
-                        s += x[p, h + 2, w]
-                        s += x[p, h + 2, w + 1]
-                        s += x[p, h + 2, w + 2]
-                        out[p, oh, ow] = s / div9
+                        out[p, oh, ow] = _sum9(x, p, h, ow * sw - pw) / div9
                     continue
                 for ow in range(lo, hi):
                     w_lo, w_hi = w_los[ow], w_his[ow]
@@ -867,22 +872,6 @@ def _lppool2d_2x2_backward(dout, x, out, sums, norm_type, dx):
 
 
 # ---------------------------------------------------------------- mixed
-@njit(cache=True, inline='always')
-def _sum9(x, p, h, w):
-    """``sum(x[p, h:h+3, w:w+3])`` in float64, row-major order."""
-    s = 0.0
-    s += x[p, h, w]
-    s += x[p, h, w + 1]
-    s += x[p, h, w + 2]
-    s += x[p, h + 1, w]
-    s += x[p, h + 1, w + 1]
-    s += x[p, h + 1, w + 2]
-    s += x[p, h + 2, w]
-    s += x[p, h + 2, w + 1]
-    s += x[p, h + 2, w + 2]
-    return s
-
-
 def _mixedpool2d_3x3_forward(x, sh, sw, a, b, out, argmax, diff):
     """Mixed pooling over 3x3 windows without padding (every window full,
     floor mode) in one pass: max, argmax and average from the same nine
