@@ -36,9 +36,13 @@ def configure() -> None:
 PARALLEL_MIN_SIZE = 1 << 15
 
 
-def run_kernel(kernel, *args, size: int):
+def run_kernel(kernel, *args, size: int | None = None):
     """Call a ``prange`` kernel; on the calling thread alone when the work
-    touches fewer than :data:`PARALLEL_MIN_SIZE` elements."""
+    touches fewer than :data:`PARALLEL_MIN_SIZE` elements.  ``size``
+    defaults to the larger of the first and last arguments' sizes (the
+    kernels take their main input first and their output last)."""
+    if size is None:
+        size = max(args[0].size, args[-1].size)
     if size >= PARALLEL_MIN_SIZE:
         return kernel(*args)
     import numba  # local: keep ``import minicnn.threads`` free of numba

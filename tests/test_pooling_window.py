@@ -412,9 +412,9 @@ def test_mixed_combine_kernels_parallel_equals_serial_and_numpy():
 ])
 def test_parallel_layer_path_equals_small_batches(make):
     # the whole batch is big enough to run on all threads, one sample is not
-    from minicnn.layers import pooling as P
+    from minicnn.threads import PARALLEL_MIN_SIZE
     x = np.random.default_rng(10).standard_normal((5, 8, 30, 31)).astype(np.float32)
-    assert x.size >= P.PARALLEL_MIN_SIZE > x[:1].size
+    assert x.size >= PARALLEL_MIN_SIZE > x[:1].size
     layer = make()
     y = layer(x)
     dout = np.random.default_rng(11).standard_normal(y.shape).astype(np.float32)

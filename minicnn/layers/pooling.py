@@ -8,7 +8,8 @@ for option (see docs/pooling.md).  Shapes::
             (ceil mode drops a window that would start at or beyond H + p)
 
 The formula lives once, in :func:`minicnn.layers.geometry.output_size`.
-The loops live in :mod:`minicnn.kernels.pooling`; a layer validates its
+The loops live in :mod:`minicnn.kernels.pooling` (one module per pooling
+type behind it); a layer validates its
 arguments, reshapes to (N*C, H, W) planes, allocates the outputs, calls the
 kernels and caches only what its backward pass needs.
 
@@ -21,35 +22,17 @@ from __future__ import annotations
 import math
 import numbers
 
-import numba
 import numpy as np
 
 from minicnn.kernels import pooling as K
 from minicnn.layers.base import Layer
 from minicnn.layers.geometry import check_window, pair, window_output_shape
+from minicnn.threads import run_kernel
 
 __all__ = ["MaxPool2D", "MaxUnpool2D", "AvgPool2D", "LPPool2D", "MixedPool2D"]
 
 
 # ---------------------------------------------------------------- helpers
-# Waking Numba's thread pool costs tens of microseconds on an idle machine and
-# milliseconds when the cores are busy; below this many elements a kernel runs
-# on the calling thread alone (same code, same result bit for bit).
-PARALLEL_MIN_SIZE = 1 << 15
-
-
-def _run(kernel, *args):
-    """Call a plane-parallel kernel (first and last arguments are arrays)."""
-    if max(args[0].size, args[-1].size) >= PARALLEL_MIN_SIZE:
-        return kernel(*args)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        return kernel(*args)
-    finally:
-        numba.set_num_threads(threads)
-
-
 def _window(layer, kernel_size, stride, padding, dilation=1, max_padding="half"):
     """Parse and validate (kernel, stride, padding, dilation) as (h, w) pairs;
     ``stride=None`` means ``stride = kernel_size`` (PyTorch's default)."""
@@ -112,34 +95,34 @@ def _common_2x2(k, s, p, d, x_hw, out_hw) -> bool:
 def _maxpool(xp, k, s, p, d, out, argmax):
     """Max pooling of planes (N*C, H, W) into ``out``, ``argmax``."""
     if _common_2x2(k, s, p, d, xp.shape[1:], out.shape[1:]):
-        _run(K.maxpool2d_2x2_forward, xp, out, argmax)
+        run_kernel(K.maxpool2d_2x2_forward, xp, out, argmax)
     elif k == (3, 3) and d == (1, 1):          # padding <= 1: check_window's rule
-        _run(K.maxpool2d_3x3_forward, xp, s[0], s[1], p[0], p[1], out, argmax)
+        run_kernel(K.maxpool2d_3x3_forward, xp, s[0], s[1], p[0], p[1], out, argmax)
     else:
-        _run(K.maxpool2d_forward, xp, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], out, argmax)
+        run_kernel(K.maxpool2d_forward, xp, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], out, argmax)
 
 
 def _avgpool(xp, k, s, p, count_include_pad, divisor_override, out):
     """Average pooling of planes; ``divisor_override`` 0 means none."""
     if _common_2x2(k, s, p, (1, 1), xp.shape[1:], out.shape[1:]):
-        _run(K.avgpool2d_2x2_forward, xp, divisor_override or 4, out)
+        run_kernel(K.avgpool2d_2x2_forward, xp, divisor_override or 4, out)
     elif k == (3, 3):
-        _run(K.avgpool2d_3x3_forward, xp, s[0], s[1], p[0], p[1], count_include_pad,
+        run_kernel(K.avgpool2d_3x3_forward, xp, s[0], s[1], p[0], p[1], count_include_pad,
              divisor_override, out)
     else:
-        _run(K.avgpool2d_forward, xp, k[0], k[1], s[0], s[1], p[0], p[1],
+        run_kernel(K.avgpool2d_forward, xp, k[0], k[1], s[0], s[1], p[0], p[1],
              count_include_pad, divisor_override, out)
 
 
 def _avgpool_backward(dout, k, s, p, count_include_pad, divisor_override, dx):
     """Backward of :func:`_avgpool` into ``dx`` (overwritten)."""
     if _common_2x2(k, s, p, (1, 1), dx.shape[1:], dout.shape[1:]):
-        _run(K.avgpool2d_2x2_backward, dout, divisor_override or 4, dx)
+        run_kernel(K.avgpool2d_2x2_backward, dout, divisor_override or 4, dx)
     elif k == (3, 3):
-        _run(K.avgpool2d_3x3_backward, dout, s[0], s[1], p[0], p[1], count_include_pad,
+        run_kernel(K.avgpool2d_3x3_backward, dout, s[0], s[1], p[0], p[1], count_include_pad,
              divisor_override, dx)
     else:
-        _run(K.avgpool2d_backward, dout, k[0], k[1], s[0], s[1], p[0], p[1],
+        run_kernel(K.avgpool2d_backward, dout, k[0], k[1], s[0], s[1], p[0], p[1],
              count_include_pad, divisor_override, dx)
 
 
@@ -194,7 +177,7 @@ class MaxPool2D(_Pool):
         """dout: (N, C, H_out, W_out) -> dx: (N, C, H, W); ``dx[argmax] += dout``."""
         d = self._dout(dout)
         dx = self._new_dx()
-        _run(K.maxpool2d_backward, d, self._argmax, dx)
+        run_kernel(K.maxpool2d_backward, d, self._argmax, dx)
         return dx.reshape(self._x_shape)
 
 
@@ -264,7 +247,7 @@ class MaxUnpool2D(_Pool):
                 raise ValueError(f"{self.name}: indices must lie in [0, {Ho * Wo}) for output size "
                                  f"({Ho}, {Wo}), found index {bad}")
         y = np.empty((N * C, Ho, Wo), x.dtype)
-        _run(K.maxunpool2d_forward, _planes(x), idx, y)
+        run_kernel(K.maxunpool2d_forward, _planes(x), idx, y)
         self._indices = idx
         self._remember(x, (Ho, Wo))
         return y.reshape(N, C, Ho, Wo)
@@ -273,7 +256,7 @@ class MaxUnpool2D(_Pool):
         """dout: (N, C, H_out, W_out) -> dx: (N, C, H_in, W_in); ``dx = dout.flat[indices]``."""
         d = self._dout(dout)
         dx = self._new_dx()
-        _run(K.maxunpool2d_backward, d, self._indices, dx)
+        run_kernel(K.maxunpool2d_backward, d, self._indices, dx)
         return dx.reshape(self._x_shape)
 
 
@@ -383,11 +366,11 @@ class LPPool2D(_Pool):
         if math.isfinite(self.norm_type):
             sums = np.empty_like(y)
             if _common_2x2(self.kernel_size, self.stride, (0, 0), (1, 1), (H, W), (Ho, Wo)):
-                _run(K.lppool2d_2x2_forward, xp, self.norm_type, y, sums)
+                run_kernel(K.lppool2d_2x2_forward, xp, self.norm_type, y, sums)
             elif self.kernel_size == (3, 3):
-                _run(K.lppool2d_3x3_forward, xp, self.norm_type, sh, sw, y, sums)
+                run_kernel(K.lppool2d_3x3_forward, xp, self.norm_type, sh, sw, y, sums)
             else:
-                _run(K.lppool2d_forward, xp, self.norm_type, kh, kw, sh, sw, y, sums)
+                run_kernel(K.lppool2d_forward, xp, self.norm_type, kh, kw, sh, sw, y, sums)
             self._cache = (xp, y, sums)
         else:                         # +inf: max |x|;  -inf: -max(-|x|) = min |x|
             sign = 1.0 if self.norm_type > 0 else -1.0
@@ -407,14 +390,14 @@ class LPPool2D(_Pool):
         if math.isfinite(self.norm_type):
             xp, y, sums = self._cache
             if _common_2x2(self.kernel_size, self.stride, (0, 0), (1, 1), xp.shape[1:], y.shape[1:]):
-                _run(K.lppool2d_2x2_backward, d, xp, y, sums, self.norm_type, dx)
+                run_kernel(K.lppool2d_2x2_backward, d, xp, y, sums, self.norm_type, dx)
             elif self.kernel_size == (3, 3):
-                _run(K.lppool2d_3x3_backward, d, xp, y, sums, self.norm_type, sh, sw, dx)
+                run_kernel(K.lppool2d_3x3_backward, d, xp, y, sums, self.norm_type, sh, sw, dx)
             else:
-                _run(K.lppool2d_backward, d, xp, y, sums, self.norm_type, kh, kw, sh, sw, dx)
+                run_kernel(K.lppool2d_backward, d, xp, y, sums, self.norm_type, kh, kw, sh, sw, dx)
         else:
             xp, argmax = self._cache
-            _run(K.maxpool2d_backward, d, argmax, dx)
+            run_kernel(K.maxpool2d_backward, d, argmax, dx)
             dx *= np.sign(xp)
         return dx.reshape(self._x_shape)
 
@@ -465,12 +448,12 @@ class MixedPool2D(_Pool):
         a = self.params["alpha"][0] if self.learnable else self.alpha
         dt = x.dtype.type              # a*mx + (1-a)*av as numpy computes it for this dtype
         if self.kernel_size == (3, 3):                 # one pass for max, average and y
-            _run(K.mixedpool2d_3x3_forward, xp, *self.stride, dt(a), dt(1 - a), y, argmax, av)
+            run_kernel(K.mixedpool2d_3x3_forward, xp, *self.stride, dt(a), dt(1 - a), y, argmax, av)
         else:
             mx = np.empty_like(y)
             _maxpool(xp, self.kernel_size, self.stride, (0, 0), (1, 1), mx, argmax)
             _avgpool(xp, *self._avg_args(), av)
-            _run(K.mixedpool2d_combine, mx, av, dt(a), dt(1 - a), y)
+            run_kernel(K.mixedpool2d_combine, mx, av, dt(a), dt(1 - a), y)
         self._argmax, self._alpha_used = argmax, a
         self._diff = av if self.learnable else None
         self._remember(x, (Ho, Wo))
@@ -480,11 +463,11 @@ class MixedPool2D(_Pool):
         """dout: (N, C, H_out, W_out) -> dx: (N, C, H, W); sets grads["alpha"] if learnable."""
         d = self._dout(dout)
         dx, davg = self._new_dx(), self._new_dx()
-        _run(K.maxpool2d_backward, d, self._argmax, dx)
+        run_kernel(K.maxpool2d_backward, d, self._argmax, dx)
         _avgpool_backward(d, *self._avg_args(), davg)
         a = self._alpha_used
         dt = self._x_dtype.type
-        _run(K.mixedpool2d_backward_combine, dx, davg, dt(a), dt(1 - a))    # dx = a*dx + (1-a)*davg
+        run_kernel(K.mixedpool2d_backward_combine, dx, davg, dt(a), dt(1 - a))    # dx = a*dx + (1-a)*davg
         if self.learnable:
             self.grads["alpha"][0] = np.sum(d * self._diff, dtype=np.float64)
         return dx.reshape(self._x_shape)

@@ -1,0 +1,297 @@
+"""Power-average (LP) pooling kernels (forward and backward).
+
+Conventions (planes, geometry, parallel contract): :mod:`minicnn.kernels.window`.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from minicnn.kernels.window import _avg_extents, _inner_windows
+
+
+@njit(cache=True, inline='always')
+def _power(v, p):
+    """``v ** p`` (C ``pow``), with the common p = 1 and p = 2 done without a call."""
+    if p == 2.0:
+        return v * v
+    if p == 1.0:
+        return v
+    return v ** p
+
+
+@njit(cache=True, inline='always')
+def _root(s, p):
+    """``s ** (1/p)`` (C ``pow``); ``sqrt`` for p = 2 (the same, correctly rounded)."""
+    if p == 2.0:
+        return math.sqrt(s) if s >= 0.0 else math.nan
+    if p == 1.0:
+        return s
+    return s ** (1.0 / p)
+
+
+# ---------------------------------------------------------------- power (LP)
+@njit(cache=True, inline='always')
+def _lp_window(x, p, h_lo, h_hi, w_lo, w_hi, norm_type, kh, kw):
+    """``(kh*kw / n) * sum(x[window] ** p)`` over the n cells of the window
+    ``[h_lo, h_hi) x [w_lo, w_hi)``, powers and sum in float64."""
+    s = 0.0
+    for h in range(h_lo, h_hi):
+        for w in range(w_lo, w_hi):
+            s += _power(np.float64(x[p, h, w]), norm_type)
+    n = (h_hi - h_lo) * (w_hi - w_lo)
+    if n != kh * kw:
+        s = s * (kh * kw) / n
+    return s
+
+
+@njit(cache=True, inline='always')
+def _lp_window_backward(dx, x, p, h_lo, h_hi, w_lo, w_hi, g, pm1):
+    """``dx[window] += g * x[window] ** (p-1)`` over ``[h_lo, h_hi) x [w_lo, w_hi)``."""
+    for h in range(h_lo, h_hi):
+        for w in range(w_lo, w_hi):
+            dx[p, h, w] += g * _power(np.float64(x[p, h, w]), pm1)
+
+
+@njit(cache=True, inline='always')
+def _lp_sum9(x, p, h, w, norm_type):
+    """``sum(x[p, h:h+3, w:w+3] ** norm_type)`` in float64, row-major order."""
+    s = 0.0
+    s += _power(np.float64(x[p, h, w]), norm_type)
+    s += _power(np.float64(x[p, h, w + 1]), norm_type)
+    s += _power(np.float64(x[p, h, w + 2]), norm_type)
+    s += _power(np.float64(x[p, h + 1, w]), norm_type)
+    s += _power(np.float64(x[p, h + 1, w + 1]), norm_type)
+    s += _power(np.float64(x[p, h + 1, w + 2]), norm_type)
+    s += _power(np.float64(x[p, h + 2, w]), norm_type)
+    s += _power(np.float64(x[p, h + 2, w + 1]), norm_type)
+    s += _power(np.float64(x[p, h + 2, w + 2]), norm_type)
+    return s
+
+
+@njit(cache=True, inline='always')
+def _lp_add9(dx, x, p, h, w, g, pm1):
+    """``dx[p, h:h+3, w:w+3] += g * x[...] ** pm1``, cell by cell, row-major."""
+    dx[p, h, w] += g * _power(np.float64(x[p, h, w]), pm1)
+    dx[p, h, w + 1] += g * _power(np.float64(x[p, h, w + 1]), pm1)
+    dx[p, h, w + 2] += g * _power(np.float64(x[p, h, w + 2]), pm1)
+    dx[p, h + 1, w] += g * _power(np.float64(x[p, h + 1, w]), pm1)
+    dx[p, h + 1, w + 1] += g * _power(np.float64(x[p, h + 1, w + 1]), pm1)
+    dx[p, h + 1, w + 2] += g * _power(np.float64(x[p, h + 1, w + 2]), pm1)
+    dx[p, h + 2, w] += g * _power(np.float64(x[p, h + 2, w]), pm1)
+    dx[p, h + 2, w + 1] += g * _power(np.float64(x[p, h + 2, w + 1]), pm1)
+    dx[p, h + 2, w + 2] += g * _power(np.float64(x[p, h + 2, w + 2]), pm1)
+
+
+def _lppool2d_forward(x, norm_type, kh, kw, sh, sw, out, sums):
+    """Power-average (LP) pooling, no padding, as PyTorch computes it.
+
+    x: (P, H, W) -> out, sums: (P, H_out, W_out).
+
+    Forward, with ``n`` the number of cells of the window inside the input
+    (``n = kh*kw`` except for the last windows in ceil mode)::
+
+        sums = (kh*kw / n) * sum(x[window] ** p)       # PyTorch: avg_pool(x**p) * kh*kw
+        out  = sums ** (1/p)
+
+    Powers and sums are float64 (for float32 input too), added in row-major
+    order.  Powers follow C ``pow``: a negative base with a non-integer
+    exponent gives NaN (so for odd p a negative ``sums`` gives NaN unless
+    1/p is an integer; p = 1 gives the plain window sum).
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    _, h_los, h_his = _avg_extents(H_out, kh, sh, 0, H)
+    _, w_los, w_his = _avg_extents(W_out, kw, sw, 0, W)
+    for p in prange(P):
+        for oh in range(H_out):
+            for ow in range(W_out):
+                s = _lp_window(x, p, h_los[oh], h_his[oh], w_los[ow], w_his[ow], norm_type, kh, kw)
+                sums[p, oh, ow] = s
+                out[p, oh, ow] = _root(s, norm_type)
+
+
+def _lppool2d_2x2_forward(x, norm_type, out, sums):
+    """:func:`_lppool2d_forward` for kernel 2x2, stride 2, every window full
+    (``2*H_out <= H``, ``2*W_out <= W``): the four taps written out, same
+    result bit for bit.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    for p in prange(P):
+        for oh in range(H_out):
+            h = 2 * oh
+            for ow in range(W_out):
+                w = 2 * ow
+                s = 0.0
+                s += _power(np.float64(x[p, h, w]), norm_type)
+                s += _power(np.float64(x[p, h, w + 1]), norm_type)
+                s += _power(np.float64(x[p, h + 1, w]), norm_type)
+                s += _power(np.float64(x[p, h + 1, w + 1]), norm_type)
+                sums[p, oh, ow] = s
+                out[p, oh, ow] = _root(s, norm_type)
+
+
+def _lppool2d_3x3_forward(x, norm_type, sh, sw, out, sums):
+    """:func:`_lppool2d_forward` for a 3x3 window (any stride): same result
+    bit for bit.  The windows wholly inside the input (all of them, except
+    the last ones in ceil mode) add their nine powers written out, in
+    row-major order; the others go through the general loop.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    _, h_los, h_his = _avg_extents(H_out, 3, sh, 0, H)
+    _, w_los, w_his = _avg_extents(W_out, 3, sw, 0, W)
+    oh_a, oh_b = _inner_windows(H_out, 3, sh, 0, H)
+    ow_a, ow_b = _inner_windows(W_out, 3, sw, 0, W)
+    q = norm_type
+    for p in prange(P):
+        for oh in range(H_out):
+            h = oh * sh
+            for lo, hi, inner in ((0, ow_a, False), (ow_a, ow_b, oh_a <= oh < oh_b),
+                                  (ow_b, W_out, False)):
+                if not inner:
+                    for ow in range(lo, hi):
+                        s = _lp_window(x, p, h_los[oh], h_his[oh], w_los[ow], w_his[ow], q, 3, 3)
+                        sums[p, oh, ow] = s
+                        out[p, oh, ow] = _root(s, q)
+                    continue
+                for ow in range(lo, hi):
+                    w = ow * sw
+                    if q == 2.0:                # a literal 2: _power's branches fold away
+                        s = _lp_sum9(x, p, h, w, 2.0)
+                    else:
+                        s = _lp_sum9(x, p, h, w, q)
+                    sums[p, oh, ow] = s
+                    out[p, oh, ow] = _root(s, q)
+
+
+def _lppool2d_backward(dout, x, out, sums, norm_type, kh, kw, sh, sw, dx):
+    """Backward of LP pooling.
+
+    dout, out, sums: (P, H_out, W_out), x: (P, H, W) -> dx: (P, H, W), overwritten.
+
+    With ``c = kh*kw / n`` and ``out = (c * sum x**p) ** (1/p)``::
+
+        d out / d x_i = c * x_i**(p-1) * out / sums
+        dx[window] += dout * c * out / sums * x[window] ** (p-1)
+
+    Where ``sums == 0`` the gradient is defined as 0 (as PyTorch documents).
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = dx.shape
+    H_out, W_out = dout.shape[1], dout.shape[2]
+    pm1 = norm_type - 1.0
+    _, h_los, h_his = _avg_extents(H_out, kh, sh, 0, H)
+    _, w_los, w_his = _avg_extents(W_out, kw, sw, 0, W)
+    flat = dx.reshape((P, H * W))
+    for p in prange(P):
+        for q in range(H * W):
+            flat[p, q] = 0.0
+        for oh in range(H_out):
+            h_lo, h_hi = h_los[oh], h_his[oh]
+            for ow in range(W_out):
+                w_lo, w_hi = w_los[ow], w_his[ow]
+                s = sums[p, oh, ow]
+                if s == 0.0:
+                    continue
+                n = (h_hi - h_lo) * (w_hi - w_lo)
+                g = dout[p, oh, ow] * out[p, oh, ow] / s
+                if n != kh * kw:
+                    g = g * (kh * kw) / n
+                _lp_window_backward(dx, x, p, h_lo, h_hi, w_lo, w_hi, g, pm1)
+
+
+def _lppool2d_3x3_backward(dout, x, out, sums, norm_type, sh, sw, dx):
+    """:func:`_lppool2d_backward` for the 3x3 case of
+    :func:`_lppool2d_3x3_forward`: same result bit for bit (every cell gets
+    the same additions in the same order: windows in row-major order); the
+    inner windows' nine cells written out, the others by the general loop.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = dx.shape
+    H_out, W_out = dout.shape[1], dout.shape[2]
+    pm1 = norm_type - 1.0
+    _, h_los, h_his = _avg_extents(H_out, 3, sh, 0, H)
+    _, w_los, w_his = _avg_extents(W_out, 3, sw, 0, W)
+    oh_a, oh_b = _inner_windows(H_out, 3, sh, 0, H)
+    ow_a, ow_b = _inner_windows(W_out, 3, sw, 0, W)
+    flat = dx.reshape((P, H * W))
+    for p in prange(P):
+        for q in range(H * W):
+            flat[p, q] = 0.0
+        for oh in range(H_out):
+            h = oh * sh
+            h_lo, h_hi = h_los[oh], h_his[oh]
+            for lo, hi, inner in ((0, ow_a, False), (ow_a, ow_b, oh_a <= oh < oh_b),
+                                  (ow_b, W_out, False)):
+                for ow in range(lo, hi):
+                    s = sums[p, oh, ow]
+                    if s == 0.0:
+                        continue
+                    w = ow * sw
+                    g = dout[p, oh, ow] * out[p, oh, ow] / s
+                    if not inner:
+                        w_lo, w_hi = w_los[ow], w_his[ow]
+                        n = (h_hi - h_lo) * (w_hi - w_lo)
+                        if n != 9:
+                            g = g * 9 / n
+                        _lp_window_backward(dx, x, p, h_lo, h_hi, w_lo, w_hi, g, pm1)
+                        continue
+                    if pm1 == 1.0:              # p = 2: a literal 1, the power folds away
+                        _lp_add9(dx, x, p, h, w, g, 1.0)
+                    else:
+                        _lp_add9(dx, x, p, h, w, g, pm1)
+
+
+def _lppool2d_2x2_backward(dout, x, out, sums, norm_type, dx):
+    """:func:`_lppool2d_backward` for the 2x2 case of
+    :func:`_lppool2d_2x2_forward`: windows do not overlap, so each cell is
+    written once, ``dx = dout * out / sums * x ** (p-1)`` (0 where
+    ``sums == 0`` and in a last odd row or column).  Same values as the
+    general kernel (which adds to 0.0, so it never returns -0.0).
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = dx.shape
+    H_out, W_out = dout.shape[1], dout.shape[2]
+    pm1 = norm_type - 1.0
+    for p in prange(P):
+        for oh in range(H_out):
+            h = 2 * oh
+            for ow in range(W_out):
+                w = 2 * ow
+                s = sums[p, oh, ow]
+                g = dout[p, oh, ow] * out[p, oh, ow] / s if s != 0.0 else 0.0
+                dx[p, h, w] = g * _power(np.float64(x[p, h, w]), pm1)
+                dx[p, h, w + 1] = g * _power(np.float64(x[p, h, w + 1]), pm1)
+                dx[p, h + 1, w] = g * _power(np.float64(x[p, h + 1, w]), pm1)
+                dx[p, h + 1, w + 1] = g * _power(np.float64(x[p, h + 1, w + 1]), pm1)
+            for w in range(2 * W_out, W):
+                dx[p, h, w] = 0.0
+                dx[p, h + 1, w] = 0.0
+        for h in range(2 * H_out, H):
+            for w in range(W):
+                dx[p, h, w] = 0.0
+
+
+lppool2d_forward = njit(parallel=True, cache=True)(_lppool2d_forward)
+lppool2d_2x2_forward = njit(parallel=True, cache=True)(_lppool2d_2x2_forward)
+lppool2d_3x3_forward = njit(parallel=True, cache=True)(_lppool2d_3x3_forward)
+lppool2d_backward = njit(parallel=True, cache=True)(_lppool2d_backward)
+lppool2d_2x2_backward = njit(parallel=True, cache=True)(_lppool2d_2x2_backward)
+lppool2d_3x3_backward = njit(parallel=True, cache=True)(_lppool2d_3x3_backward)

@@ -1,0 +1,280 @@
+"""Max pooling and max unpooling kernels (forward and backward).
+
+Conventions (planes, geometry, parallel contract): :mod:`minicnn.kernels.window`.
+"""
+import numpy as np
+from numba import njit, prange
+
+from minicnn.kernels.window import _tap_ranges
+
+
+# ------------------------------------------------------------------------- max
+@njit(cache=True)
+def _max_window(x, p, h0, w0, dh, dw, i0, i1, j0, j1):
+    """Max and flat argmax of one window of plane ``p`` (PyTorch's rule).
+
+    The window's taps are ``(h0 + i*dh, w0 + j*dw)`` for ``i0 <= i < i1``,
+    ``j0 <= j < j1`` (the taps inside the input, see :func:`_tap_ranges`),
+    scanned in row-major order with ``if v > best or isnan(v)``: the first
+    maximum wins ties, and a NaN makes the result NaN with the index of the
+    last NaN.  The rule is applied in two steps so the common case is
+    branch-free: the scan uses ``v > best`` and notes whether a NaN was
+    seen; only then is the window scanned again for its last NaN.  The
+    index starts at the first tap (so an all -inf window still routes its
+    gradient, like PyTorch); no tap at all gives ``(-inf, -1)``.
+    """
+    W = x.shape[2]
+    best = -np.inf
+    best_idx = -1
+    if i0 < i1 and j0 < j1:
+        best_idx = (h0 + i0 * dh) * W + w0 + j0 * dw
+    nan = False
+    for i in range(i0, i1):
+        h = h0 + i * dh
+        for j in range(j0, j1):
+            w = w0 + j * dw
+            v = x[p, h, w]
+            nan |= v != v
+            gt = v > best
+            best = v if gt else best
+            best_idx = h * W + w if gt else best_idx
+    if nan:                                     # rare: the last NaN wins
+        for i in range(i0, i1):
+            h = h0 + i * dh
+            for j in range(j0, j1):
+                w = w0 + j * dw
+                if x[p, h, w] != x[p, h, w]:
+                    best = x[p, h, w]
+                    best_idx = h * W + w
+    return best, best_idx
+
+
+@njit(cache=True)
+def _has_nan(flat, p):
+    """Whether row ``p`` of ``flat`` (planes as (P, H*W)) holds a NaN.  One
+    long loop, so it vectorises (kept out of line: inlined into a prange
+    body it slowed the whole kernel down)."""
+    nan = False
+    for q in range(flat.shape[1]):
+        nan |= flat[p, q] != flat[p, q]
+    return nan
+
+
+@njit(cache=True)
+def _maxpool_plane(x, p, sh, sw, ph, pw, dh, dw, i0s, i1s, j0s, j1s, out, argmax):
+    """Plane ``p`` of :func:`_maxpool2d_forward`, window by window; the tap
+    ranges ``i0s .. j1s`` come from :func:`_tap_ranges`."""
+    for oh in range(out.shape[1]):
+        h0 = oh * sh - ph
+        for ow in range(out.shape[2]):
+            out[p, oh, ow], argmax[p, oh, ow] = _max_window(
+                x, p, h0, ow * sw - pw, dh, dw, i0s[oh], i1s[oh], j0s[ow], j1s[ow])
+
+
+def _maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, out, argmax):
+    """Max pooling with implicit -inf padding and dilation.
+
+    x: (P, H, W) -> out: (P, H_out, W_out), argmax: (P, H_out, W_out) int64.
+
+    Forward: ``out = max over the window taps inside the input``, scanned in
+    row-major order with PyTorch's rule ``if v > best or isnan(v)``: the
+    *first* maximum wins ties, and a NaN anywhere makes the result NaN with
+    the index of the last NaN (see :func:`_max_window`).  ``argmax`` is the
+    flat index ``h*W + w`` of the winner in its H*W plane; it starts at the
+    first tap inside the input (so an all -inf window still routes its
+    gradient, like PyTorch).  A window with no tap inside the input
+    (possible only with dilation) gives -inf and index -1.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    i0s, i1s = _tap_ranges(H_out, kh, sh, ph, dh, H)
+    j0s, j1s = _tap_ranges(W_out, kw, sw, pw, dw, W)
+    for p in prange(P):
+        _maxpool_plane(x, p, sh, sw, ph, pw, dh, dw, i0s, i1s, j0s, j1s, out, argmax)
+
+
+@njit(cache=True, inline='always')
+def _max9(x, p, r0, r1, r2, c0, c1, c2):
+    """``(best, k)``: the first maximum of the nine taps ``x[p, r, c]``,
+    ``r`` in (r0, r1, r2), ``c`` in (c0, c1, c2), in row-major order
+    (tap ``k = 3*i + j``); ``v > best`` (NaN is not looked for here)."""
+    t0, t1, t2 = x[p, r0, c0], x[p, r0, c1], x[p, r0, c2]
+    t3, t4, t5 = x[p, r1, c0], x[p, r1, c1], x[p, r1, c2]
+    t6, t7, t8 = x[p, r2, c0], x[p, r2, c1], x[p, r2, c2]
+    best, k = t0, 0
+    gt = t1 > best
+    best = t1 if gt else best
+    k = 1 if gt else k
+    gt = t2 > best
+    best = t2 if gt else best
+    k = 2 if gt else k
+    gt = t3 > best
+    best = t3 if gt else best
+    k = 3 if gt else k
+    gt = t4 > best
+    best = t4 if gt else best
+    k = 4 if gt else k
+    gt = t5 > best
+    best = t5 if gt else best
+    k = 5 if gt else k
+    gt = t6 > best
+    best = t6 if gt else best
+    k = 6 if gt else k
+    gt = t7 > best
+    best = t7 if gt else best
+    k = 7 if gt else k
+    gt = t8 > best
+    best = t8 if gt else best
+    k = 8 if gt else k
+    return best, k
+
+
+def _maxpool2d_3x3_forward(x, sh, sw, ph, pw, out, argmax):
+    """:func:`_maxpool2d_forward` for a 3x3 window without dilation (any
+    stride, padding 0 or 1): same shapes, same rule, same result bit for bit.
+
+    The nine taps are written out in row-major order (:func:`_max9`), which
+    is what makes this path fast: the general kernel's 3-iteration tap loops
+    cost more than the comparisons.  Border windows need no special case: a
+    tap row or column outside the input is replaced by the nearest one
+    inside (``clamp``).  That only repeats taps of the same window, and as
+    the clamp is monotone, the first occurrence of each cell keeps its
+    row-major rank, so the first maximum (value *and* index) is unchanged.
+    (Every window has a tap inside: padding <= 1.)  Clamping every window
+    costs less than splitting off the border ones.  A plane holding a NaN
+    (rare) goes window by window through :func:`_max_window` instead, which
+    applies the NaN rule.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    i0s, i1s = _tap_ranges(H_out, 3, sh, ph, 1, H)
+    j0s, j1s = _tap_ranges(W_out, 3, sw, pw, 1, W)
+    flat = x.reshape((P, H * W))
+    for p in prange(P):
+        if _has_nan(flat, p):
+            _maxpool_plane(x, p, sh, sw, ph, pw, 1, 1, i0s, i1s, j0s, j1s, out, argmax)
+            continue
+        for oh in range(H_out):
+            h = oh * sh - ph
+            r0, r1, r2 = max(h, 0), min(h + 1, H - 1), min(h + 2, H - 1)
+            for ow in range(W_out):
+                w = ow * sw - pw
+                best, k = _max9(x, p, r0, r1, r2, max(w, 0), min(w + 1, W - 1), min(w + 2, W - 1))
+                out[p, oh, ow] = best
+                argmax[p, oh, ow] = (min(max(h + k // 3, 0), H - 1) * W
+                                     + min(max(w + k % 3, 0), W - 1))
+
+
+def _maxpool2d_2x2_forward(x, out, argmax):
+    """:func:`_maxpool2d_forward` for kernel 2x2, stride 2, no padding, no
+    dilation, every window full (``2*H_out <= H``, ``2*W_out <= W``).
+
+    Same shapes, same rule, same result bit for bit: the taps a, b, c, d in
+    row-major order, first maximum wins, then the last NaN if any.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    for p in prange(P):
+        for oh in range(H_out):
+            h = 2 * oh
+            for ow in range(W_out):
+                w = 2 * ow
+                a, b = x[p, h, w], x[p, h, w + 1]
+                c, d = x[p, h + 1, w], x[p, h + 1, w + 1]
+                best, idx = a, h * W + w
+                if b > best:
+                    best, idx = b, h * W + w + 1
+                if c > best:
+                    best, idx = c, h * W + W + w
+                if d > best:
+                    best, idx = d, h * W + W + w + 1
+                if (a != a) | (b != b) | (c != c) | (d != d):   # rare: the last NaN wins
+                    for v, k in ((a, h * W + w), (b, h * W + w + 1),
+                                 (c, h * W + W + w), (d, h * W + W + w + 1)):
+                        if v != v:
+                            best, idx = v, k
+                out[p, oh, ow] = best
+                argmax[p, oh, ow] = idx
+
+
+def _maxpool2d_backward(dout, argmax, dx):
+    """Backward of max pooling: the whole gradient goes to the recorded argmax.
+
+    dout, argmax: (P, H_out, W_out) -> dx: (P, H, W), overwritten.
+
+    Rule: ``dx[argmax] += dout`` (index -1, an empty window, routes nothing).
+    Overlapping windows may share an argmax; their gradients add.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = dx.shape
+    H_out, W_out = dout.shape[1], dout.shape[2]
+    flat = dx.reshape((P, H * W))
+    for p in prange(P):
+        for q in range(H * W):
+            flat[p, q] = 0.0
+        for oh in range(H_out):
+            for ow in range(W_out):
+                a = argmax[p, oh, ow]
+                if a >= 0:
+                    flat[p, a] += dout[p, oh, ow]
+
+
+# ------------------------------------------------------------------ max unpool
+def _maxunpool2d_forward(x, indices, out):
+    """Partial inverse of max pooling: scatter each value to its index.
+
+    x, indices: (P, H_in, W_in) -> out: (P, H_out, W_out), overwritten.
+
+    Forward: ``out = 0; out.flat[indices] = x`` per plane, in row-major order
+    of ``x`` (if two entries share an index, the later one wins).  Indices
+    must lie in ``[0, H_out*W_out)``; the layer checks that.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: the unpooled size the layer chose (MaxUnpool2D).
+    """
+    P, H_in, W_in = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    flat = out.reshape((P, H_out * W_out))
+    for p in prange(P):
+        for q in range(H_out * W_out):
+            flat[p, q] = 0.0
+        for i in range(H_in):
+            for j in range(W_in):
+                flat[p, indices[p, i, j]] = x[p, i, j]
+
+
+def _maxunpool2d_backward(dout, indices, dx):
+    """Backward of max unpooling: gather.
+
+    dout: (P, H_out, W_out) C-contiguous, indices: (P, H_in, W_in)
+    -> dx: (P, H_in, W_in), overwritten.  Rule: ``dx = dout.flat[indices]``.
+
+    Parallel: prange over the P planes; iteration p writes only plane p.
+    H_out, W_out: the unpooled size the layer chose (MaxUnpool2D).
+    """
+    P, H_in, W_in = dx.shape
+    H_out, W_out = dout.shape[1], dout.shape[2]
+    flat = dout.reshape((P, H_out * W_out))
+    for p in prange(P):
+        for i in range(H_in):
+            for j in range(W_in):
+                dx[p, i, j] = flat[p, indices[p, i, j]]
+
+
+maxpool2d_forward = njit(parallel=True, cache=True)(_maxpool2d_forward)
+maxpool2d_2x2_forward = njit(parallel=True, cache=True)(_maxpool2d_2x2_forward)
+maxpool2d_3x3_forward = njit(parallel=True, cache=True)(_maxpool2d_3x3_forward)
+maxpool2d_backward = njit(parallel=True, cache=True)(_maxpool2d_backward)
+maxunpool2d_forward = njit(parallel=True, cache=True)(_maxunpool2d_forward)
+maxunpool2d_backward = njit(parallel=True, cache=True)(_maxunpool2d_backward)

@@ -1,0 +1,104 @@
+"""Window geometry shared by the window-pooling kernels.
+
+Conventions of every kernel in ``max_pooling``, ``avg_pooling``,
+``lp_pooling`` and ``mixed_pooling`` (written once, here):
+
+Every kernel works on *planes*: the layer reshapes an NCHW array to
+``(P, H, W)`` with ``P = N*C`` (C-contiguous) and allocates the outputs.
+
+Geometry::
+
+    window (oh, ow) reads rows  oh*sh - ph + i*dh,  i = 0 .. kh-1
+                          cols  ow*sw - pw + j*dw,  j = 0 .. kw-1
+    H_out, W_out = minicnn.layers.geometry.output_size(...)   (PyTorch's formula)
+
+The kernels take ``H_out, W_out`` from the shape of the output array the
+caller passes in.  Cells outside the input are padding: they are never
+read (max treats them as -inf, average counts them only in the divisor).
+
+Parallel contract (all kernels): ``prange`` over the P planes; iteration
+``p`` reads plane ``p`` of its inputs and writes only plane ``p`` of its
+outputs.  Overlapping windows (e.g. 3x3 stride 2) therefore accumulate
+their gradients serially inside one iteration and cannot race.  Outputs are
+fully overwritten (backward kernels zero their plane of ``dx`` first), so
+buffers can be reused across steps.
+
+Each kernel is a plain function ``_name`` (the readable reference; with
+``NUMBA_DISABLE_JIT=1`` it runs as Python and ``prange`` is ``range``),
+compiled by name at the bottom of its module:
+``name = njit(parallel=True, cache=True)(_name)``.
+(To get a serial build, e.g. in a test, use ``njit(_name)`` *without*
+``cache=True``: Numba's cache index does not record the ``parallel`` flag,
+so a second cached build of the same function would share its entries.)
+All kernels accept float32 and float64 arrays (sums and LP powers are
+float64); index arrays are int64.  The 2x2 kernels (kernel 2, stride 2, no
+padding, every window full) and 3x3 kernels (any stride, padding <= 1) are
+the common cases written out tap by tap: the general kernels' tap loops
+run only 2 or 3 times per window and cost more than the arithmetic.  They
+give the same results as the general kernels (bit for bit, except that the
+2x2 backward kernels may keep a -0.0 where the general ones give 0.0).
+Helpers called per element are ``inline='always'``: as calls they cost
+more than the work they do.
+"""
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def _tap_ranges(n_out, k, s, pad, d, L):
+    """Per window ``o < n_out`` of one axis, the taps inside the input.
+
+    Tap ``t`` of window ``o`` sits at ``o*s - pad + t*d``; the taps inside
+    ``[0, L)`` are ``t0[o] <= t < t1[o]`` (none when ``t0[o] >= t1[o]``).
+    Computed once per call, so the hot loops do no division.
+    """
+    t0 = np.empty(n_out, np.int64)
+    t1 = np.empty(n_out, np.int64)
+    for o in range(n_out):
+        start = o * s - pad
+        t0[o] = 0 if start >= 0 else (d - 1 - start) // d   # first t with start + t*d >= 0
+        t1[o] = min(k, (L - start + d - 1) // d)          # first t with start + t*d >= L
+    return t0, t1
+
+
+@njit(cache=True)
+def _avg_extents(n_out, k, s, pad, L):
+    """Per window ``o < n_out`` of one axis, PyTorch's average-pooling extent.
+
+    Window ``o`` spans ``[start, end)`` with ``start = o*s - pad`` and
+    ``end = min(start + k, L + pad)`` (clamped to the padded input).
+    Returns arrays ``count = end - start`` (used by count_include_pad) and
+    ``[lo, hi) = [max(start, 0), min(end, L))``, the cells inside the input.
+    """
+    count = np.empty(n_out, np.int64)
+    lo = np.empty(n_out, np.int64)
+    hi = np.empty(n_out, np.int64)
+    for o in range(n_out):
+        start = o * s - pad
+        end = min(start + k, L + pad)
+        count[o], lo[o], hi[o] = end - start, max(start, 0), min(end, L)
+    return count, lo, hi
+
+
+@njit(cache=True)
+def _avg_divisor(n_padded, n_inside, count_include_pad, divisor_override):
+    """PyTorch's average-pooling divisor: ``divisor_override`` if > 0, else
+    the window's cells in the padded input if ``count_include_pad``, else
+    its cells inside the input."""
+    if divisor_override > 0:
+        return divisor_override
+    return n_padded if count_include_pad else n_inside
+
+
+@njit(cache=True)
+def _inner_windows(n_out, k, s, pad, L):
+    """``(o_a, o_b)``: the windows ``o_a <= o < o_b`` of one axis that lie
+    wholly inside ``[0, L)`` (start ``o*s - pad >= 0``, end ``<= L``).
+    They form one run; ``o_a == o_b`` if there are none."""
+    o_a = 0
+    while o_a < n_out and o_a * s - pad < 0:
+        o_a += 1
+    o_b = o_a
+    while o_b < n_out and o_b * s - pad + k <= L:
+        o_b += 1
+    return o_a, o_b
