@@ -450,7 +450,7 @@ def test_avg_backward_tiled_and_overlapping_bit_exact(shape, out):
 
 
 @pytest.mark.parametrize("hw", [(8, 8), (14, 14), (9, 7), (13, 10)])
-@pytest.mark.parametrize("levels", [(1, 2, 4), (4, 2, 1), (3, 1), (1, 3, 4)])
+@pytest.mark.parametrize("levels", [(1, 2, 4), (4, 2, 1), (3, 1), (1, 3, 4), (1,)])
 @pytest.mark.parametrize("kind", ["normal", "ties", "nan"])
 def test_spp_max_equals_level_by_level(hw, levels, kind):
     """SPP max merges coarse levels from the finest and routes every level's
@@ -531,3 +531,105 @@ def test_parallel_equals_serial_global_and_pyramid(shape):
         results.append((y1, dx1, y2, a2, dx))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------- global max (1x1) fast path
+PALETTE = {
+    "normal": None,
+    "nan": [np.nan, -np.nan, 1.0, -1.0, 0.0],
+    "zeros": [0.0, -0.0, -1.0],
+    "inf": [np.inf, -np.inf, 1.0, -1.0],
+    "neg_inf": [-np.inf],
+    "ties": [2.0, 1.0, -3.0],
+    "tiny": [5e-45, -5e-45, 0.0, -0.0, np.finfo(np.float32).max, -np.finfo(np.float32).max],
+}
+
+
+def _plane_values(rng, kind, shape):
+    if PALETTE[kind] is None:
+        return rng.standard_normal(shape)
+    return rng.choice(np.array(PALETTE[kind]), shape)
+
+
+def _global_max_kernel(x, kernel=None):
+    out = np.empty(x.shape[:2] + (1, 1), x.dtype)
+    idx = np.empty(out.shape, np.int64)
+    (kernel or K.adaptive_max_forward)(np.ascontiguousarray(x), out, idx)
+    return out, idx
+
+
+def _assert_same_bits(y, idx, ry, ridx):
+    np.testing.assert_array_equal(idx, ridx)
+    assert y.dtype == ry.dtype
+    np.testing.assert_array_equal(y.view(np.uint8), ry.view(np.uint8))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 40), st.integers(1, 40),
+       st.sampled_from(sorted(PALETTE)), st.integers(0, 2**32 - 1))
+def test_global_max_matches_scan_bit_for_bit(N, C, H, W, kind, seed):
+    """Pooling to 1x1 (float32: the integer-key path; float64: the general
+    path) equals the plain ``v > best or isnan(v)`` scan: index and the bits
+    of the value (which NaN, which zero), for planes shorter and longer
+    than a vector, NaNs of both signs, signed zeros, infinities, ties."""
+    rng = np.random.default_rng(seed)
+    x = _plane_values(rng, kind, (N, C, H, W))
+    for dtype in (np.float32, np.float64):
+        xd = x.astype(dtype)
+        ry, ridx = scan_max(xd, 1, 1)
+        _assert_same_bits(*_global_max_kernel(xd), ry, ridx)
+        y, idx = AdaptiveMaxPool2D(1, return_indices=True).forward(xd)
+        _assert_same_bits(y, idx, ry, ridx)
+        g = GlobalMaxPool2D().forward(xd)
+        np.testing.assert_array_equal(g.view(np.uint8), ry.reshape(N, C).view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("plane,value,index", [
+    ([np.nan, 1.0, 2.0, 3.0], "nan", 0),                 # NaN first
+    ([1.0, 2.0, np.nan, 3.0, 0.5], "nan", 2),            # NaN in the middle
+    ([1.0, 2.0, 3.0, np.nan], "nan", 3),                 # NaN last
+    ([np.nan] * 11, "nan", 10),                          # all NaN: the last one
+    ([np.nan, 5.0, np.nan, -np.inf, np.nan, 9.0], "nan", 4),
+    ([-0.0, 0.0], -0.0, 0),                              # the first zero, whatever its sign
+    ([0.0, -0.0], 0.0, 0),
+    ([-1.0, -0.0, 0.0, -2.0], -0.0, 1),
+    ([-3.0, 0.0, -0.0, -0.0], 0.0, 1),
+    ([1.0, np.inf, 3.0, np.inf], np.inf, 1),
+    ([-np.inf] * 5, -np.inf, 0),                         # all -inf: the first
+    ([-np.inf, -1e30, -np.inf], -1e30, 1),
+    ([7.0], 7.0, 0),                                     # a 1x1 plane
+    ([np.nan], "nan", 0),
+    ([2.0, 3.0, 3.0, 1.0, 3.0], 3.0, 1),                 # ties: the first
+    ([1.0] * 37 + [4.0] + [4.0] * 20, 4.0, 37),          # past the first vectors
+])
+def test_global_max_edge_planes(dtype, plane, value, index):
+    x = np.array(plane, dtype).reshape(1, 1, 1, -1)
+    for xs in (x, x.reshape(1, 1, -1, 1)):               # one row or one column
+        y, idx = _global_max_kernel(xs)
+        assert idx[0, 0, 0, 0] == index
+        assert y.view(np.uint8).tobytes() == xs.reshape(-1)[index:index + 1].view(np.uint8).tobytes()
+        if value == "nan":
+            assert np.isnan(y[0, 0, 0, 0])
+        else:
+            assert y[0, 0, 0, 0] == value and np.signbit(y[0, 0, 0, 0]) == np.signbit(value)
+        _assert_same_bits(y, idx, *scan_max(xs, 1, 1))
+
+
+def test_global_max_nan_payload_and_sign_kept():
+    """The output is the input cell itself: a NaN's sign and payload survive."""
+    bits = np.array([0x3F800000, 0xFFC00001, 0x7FC00002, 0xFF800003, 0x40000000], np.uint32)
+    x = bits.view(np.float32).reshape(1, 1, 1, 5)
+    y, idx = _global_max_kernel(x)
+    assert idx[0, 0, 0, 0] == 3 and y.view(np.uint32)[0, 0, 0, 0] == 0xFF800003
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 17, 11), (4, 8, 28, 28), (2, 3, 1, 1), (2, 2, 1, 5)])
+def test_parallel_equals_serial_global_max(shape):
+    rng = np.random.default_rng(12)
+    for kind in ("normal", "nan", "zeros", "ties"):
+        x = _plane_values(rng, kind, shape).astype(np.float32)
+        a = _global_max_kernel(x)
+        b = _global_max_kernel(x, SERIAL["adaptive_max_forward"])
+        _assert_same_bits(*a, *b)
+        _assert_same_bits(*a, *scan_max(x, 1, 1))
