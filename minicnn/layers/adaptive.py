@@ -19,32 +19,13 @@ from __future__ import annotations
 
 import numbers
 
-import numba
 import numpy as np
 
 from minicnn.kernels.adaptive import (adaptive_avg_backward, adaptive_avg_forward,
                                       adaptive_max_forward, adaptive_max_merge,
                                       argmax_backward, pyramid_max_backward)
 from minicnn.layers.base import Layer
-
-# Waking Numba's thread pool costs tens of microseconds on an idle machine and
-# milliseconds when the cores are busy; below this many elements a kernel runs
-# on the calling thread alone (same code, same result bit for bit), as the
-# window pooling layers do.
-PARALLEL_MIN_SIZE = 1 << 15
-
-
-def run_kernel(kernel, *args):
-    """Call a plane-parallel kernel whose first and last arguments are its
-    largest arrays; small inputs run on the calling thread only."""
-    if max(args[0].size, args[-1].size) >= PARALLEL_MIN_SIZE:
-        return kernel(*args)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        return kernel(*args)
-    finally:
-        numba.set_num_threads(threads)
+from minicnn.threads import run_kernel
 
 
 def adaptive_output_size(value, layer: str) -> tuple:

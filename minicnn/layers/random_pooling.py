@@ -23,7 +23,7 @@ from minicnn.kernels.random_pooling import (fractional_intervals, fractional_max
                                             stochastic_pool_eval_backward,
                                             stochastic_pool_eval_forward,
                                             stochastic_pool_forward)
-from minicnn.layers.adaptive import run_kernel
+from minicnn.threads import run_kernel
 from minicnn.layers.base import Layer
 from minicnn.layers.geometry import check_window, pair, window_output_shape
 
