@@ -18,3 +18,7 @@ Modules (one concept each)::
     experiments.py candidate kernel changes, measured against the current ones
     report.py      ratios, targets (pass/fail), Markdown and JSON writers
 """
+
+# minicnn first, before anything imports numpy: it sets the thread variables
+# OpenBLAS reads when numpy loads it (minicnn/threads.py), as `minicnn train` does.
+import minicnn  # noqa: E402,F401

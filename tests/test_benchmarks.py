@@ -570,3 +570,17 @@ def test_one_openmp_runtime_when_numba_starts_before_torch():
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1"]
+
+
+@pytest.mark.parametrize("user", [None, "10"])
+def test_minicnn_sets_openblas_thread_timeout_unless_the_user_did(user):
+    """minicnn/threads.py: OPENBLAS_THREAD_TIMEOUT=4 and OMP_WAIT_POLICY=PASSIVE
+    by default, a value the user set is kept."""
+    extra = {} if user is None else {"OPENBLAS_THREAD_TIMEOUT": user}
+    env = {k: v for k, v in _env(**extra).items() if k != "OMP_WAIT_POLICY"}
+    if user is None:
+        env.pop("OPENBLAS_THREAD_TIMEOUT", None)
+    code = "import minicnn, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'], os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [user or "4", "PASSIVE"]
