@@ -111,12 +111,19 @@ def targets(results: dict) -> list[dict]:
                        None if r is None else r <= 1.0,
                        ep[0]["notes"] if ep else ""))
 
+    # Per epoch, as the anchors are (numpy 20 s vs PyTorch 2.4 s for
+    # the LeNet epoch): minicnn's real epoch (batches drawn, shuffled, all of
+    # it) against the numpy step x batches per epoch.  The step ratio is shown
+    # beside it.
     for model in ("lenet", "default"):
+        ep = find(recs, "training", model, "epoch")
         st = find(recs, "training", model, "step")
-        r = st[0]["ratios"]["numpy/minicnn"] if st else None
-        out.append(_target(f"training ({model} step) >= 8x faster than the naive numpy reference",
+        r = ep[0]["ratios"]["numpy/minicnn"] if ep else None
+        rs = st[0]["ratios"]["numpy/minicnn"] if st else None
+        out.append(_target(f"training ({model} epoch) >= 8x faster than the naive numpy reference",
                            "not measured" if r is None else f"numpy/minicnn = {_fmt_x(r)}",
-                           None if r is None else r >= 8.0))
+                           None if r is None else r >= 8.0,
+                           "" if rs is None else f"one step (fixed batch): numpy/minicnn = {_fmt_x(rs)}"))
 
     comp = results.get("compile") or {}
     warm = (comp.get("default") or {}).get("warm") or {}
