@@ -75,13 +75,7 @@ def _shifted_plane(src, di, dj, H_out, W, dst):
     such indices non-negative and vectorises the loop); cells whose column
     ``ow + dj`` wraps into a neighbouring row are then zeroed.
     """
-    HW = src.shape[0]
-    H = HW // W
-    oh_lo, oh_hi = _inside(H_out, 1, di, H)
-    lo, hi = _inside(W, 1, dj, W)
-    off = di * W + dj
-    q0 = max(oh_lo * W, -off)                 # keep q + off inside [0, H*W)
-    q1 = max(min(oh_hi * W, HW - off), q0)
+    oh_lo, oh_hi, off, q0, q1 = _shift_run(di, dj, H_out, src.shape[0] // W, W)
     for q in range(q0):
         dst[q] = 0.0
     d = dst[q0:q1]
@@ -91,11 +85,36 @@ def _shifted_plane(src, di, dj, H_out, W, dst):
     tail = dst[q1:]
     for q in range(H_out * W - q1):
         tail[q] = 0.0
+    _zero_wrapped_columns(dst, oh_lo, oh_hi, dj, W)
+
+
+@njit(cache=True, inline="always")
+def _shift_run(di, dj, H_out, H, W):
+    """The flat shift shared by :func:`_shifted_plane` and its adjoint:
+    entry ``q = oh*W + ow`` of an (H_out, W) block meets cell ``q + off``,
+    ``off = di*W + dj``, of the (H, W) plane.  Returns ``(oh_lo, oh_hi,
+    off, q0, q1)``: the rows ``oh_lo <= oh < oh_hi`` whose row ``oh + di``
+    is inside the plane, and the run ``[q0, q1)`` of those rows' entries
+    whose ``q + off`` stays inside ``[0, H*W)`` (it differs from the rows'
+    span only at cells whose column wraps, which the callers zero)."""
+    oh_lo, oh_hi = _inside(H_out, 1, di, H)
+    off = di * W + dj
+    q0 = max(oh_lo * W, -off)
+    q1 = max(min(oh_hi * W, H * W - off), q0)
+    return oh_lo, oh_hi, off, q0, q1
+
+
+@njit(cache=True, inline="always")
+def _zero_wrapped_columns(a, oh_lo, oh_hi, dj, W):
+    """Zero ``a[oh*W + ow]`` for the rows ``oh_lo <= oh < oh_hi`` and the
+    columns whose ``ow + dj`` falls outside ``[0, W)``: there the flat
+    shift wraps into a neighbouring row (those cells are padding)."""
+    lo, hi = _inside(W, 1, dj, W)
     for oh in range(oh_lo, oh_hi):
         for ow in range(lo):
-            dst[oh * W + ow] = 0.0
+            a[oh * W + ow] = 0.0
         for ow in range(hi, W):
-            dst[oh * W + ow] = 0.0
+            a[oh * W + ow] = 0.0
 
 
 @njit(cache=True, inline="always")
@@ -166,17 +185,8 @@ def _add_shifted_plane(src, di, dj, H_out, dst):
     src[oh*W + ow]`` for the cells inside the plane; ``src`` (H_out*W,)
     has its padding-column entries zeroed first, ``dst`` is (H*W,) flat."""
     W = src.shape[0] // H_out
-    H = dst.shape[0] // W
-    oh_lo, oh_hi = _inside(H_out, 1, di, H)
-    lo, hi = _inside(W, 1, dj, W)
-    for oh in range(oh_lo, oh_hi):
-        for ow in range(lo):
-            src[oh * W + ow] = 0.0
-        for ow in range(hi, W):
-            src[oh * W + ow] = 0.0
-    off = di * W + dj
-    q0 = max(oh_lo * W, -off)
-    q1 = max(min(oh_hi * W, H * W - off), q0)
+    oh_lo, oh_hi, off, q0, q1 = _shift_run(di, dj, H_out, dst.shape[0] // W, W)
+    _zero_wrapped_columns(src, oh_lo, oh_hi, dj, W)
     d = dst[q0 + off:q1 + off]
     s = src[q0:q1]
     for q in range(q1 - q0):
