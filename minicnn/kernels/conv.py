@@ -96,10 +96,12 @@ def _shift_run(di, dj, H_out, H, W):
     off, q0, q1)``: the rows ``oh_lo <= oh < oh_hi`` whose row ``oh + di``
     is inside the plane, and the run ``[q0, q1)`` of those rows' entries
     whose ``q + off`` stays inside ``[0, H*W)`` (it differs from the rows'
-    span only at cells whose column wraps, which the callers zero)."""
+    span only at cells whose column wraps, which the callers zero).
+    ``0 <= q0 <= q1 <= H_out*W``: with one output row and a tap up and to
+    the left, ``-off`` exceeds the block, so ``q0`` is clamped to it."""
     oh_lo, oh_hi = _inside(H_out, 1, di, H)
     off = di * W + dj
-    q0 = max(oh_lo * W, -off)
+    q0 = min(max(oh_lo * W, -off), H_out * W)
     q1 = max(min(oh_hi * W, H * W - off), q0)
     return oh_lo, oh_hi, off, q0, q1
 
