@@ -5,7 +5,7 @@ Conventions (planes, geometry, parallel contract): :mod:`minicnn.kernels.window`
 import numpy as np
 from numba import njit, prange
 
-from minicnn.kernels.window import _avg_extents, _avg_divisor, _inner_windows
+from minicnn.kernels.window import _avg_divisor, _avg_extents, _inner_windows, _zero_uncovered_2x2
 
 
 # --------------------------------------------------------------------- average
@@ -227,12 +227,7 @@ def _avgpool2d_2x2_backward(dout, divisor, dx):
                 dx[p, h, w + 1] = g
                 dx[p, h + 1, w] = g
                 dx[p, h + 1, w + 1] = g
-            for w in range(2 * W_out, W):
-                dx[p, h, w] = 0.0
-                dx[p, h + 1, w] = 0.0
-        for h in range(2 * H_out, H):
-            for w in range(W):
-                dx[p, h, w] = 0.0
+        _zero_uncovered_2x2(dx, p, H_out, W_out)
 
 
 avgpool2d_forward = njit(parallel=True, cache=True)(_avgpool2d_forward)

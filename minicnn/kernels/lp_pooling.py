@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from minicnn.kernels.window import _avg_extents, _inner_windows
+from minicnn.kernels.window import _avg_extents, _inner_windows, _zero_uncovered_2x2
 
 
 @njit(cache=True, inline='always')
@@ -281,12 +281,7 @@ def _lppool2d_2x2_backward(dout, x, out, sums, norm_type, dx):
                 dx[p, h, w + 1] = g * _power(np.float64(x[p, h, w + 1]), pm1)
                 dx[p, h + 1, w] = g * _power(np.float64(x[p, h + 1, w]), pm1)
                 dx[p, h + 1, w + 1] = g * _power(np.float64(x[p, h + 1, w + 1]), pm1)
-            for w in range(2 * W_out, W):
-                dx[p, h, w] = 0.0
-                dx[p, h + 1, w] = 0.0
-        for h in range(2 * H_out, H):
-            for w in range(W):
-                dx[p, h, w] = 0.0
+        _zero_uncovered_2x2(dx, p, H_out, W_out)
 
 
 lppool2d_forward = njit(parallel=True, cache=True)(_lppool2d_forward)

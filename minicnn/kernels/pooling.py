@@ -14,7 +14,7 @@ Python reference of the compiled ``name`` (tests build serial versions of
 them with ``njit(_name)``).
 """
 from minicnn.kernels.window import (  # noqa: F401
-    _tap_ranges, _avg_extents, _avg_divisor, _inner_windows
+    _tap_ranges, _avg_extents, _avg_divisor, _inner_windows, _zero_uncovered_2x2
 )
 from minicnn.kernels.max_pooling import (  # noqa: F401
     _max_window, _has_nan, _maxpool_plane, _maxpool2d_forward, _max9, _maxpool2d_3x3_forward,

@@ -102,3 +102,18 @@ def _inner_windows(n_out, k, s, pad, L):
     while o_b < n_out and o_b * s - pad + k <= L:
         o_b += 1
     return o_a, o_b
+
+
+@njit(cache=True, inline='always')
+def _zero_uncovered_2x2(dx, p, H_out, W_out):
+    """Zero the cells of plane ``p`` of ``dx`` (P, H, W) that no window of a
+    2x2 stride-2 pooling covers: the last column and row when W or H is odd
+    (columns ``>= 2*W_out``, rows ``>= 2*H_out``).  The 2x2 backward kernels
+    write every covered cell once and call this for the rest."""
+    H, W = dx.shape[1], dx.shape[2]
+    for h in range(2 * H_out):
+        for w in range(2 * W_out, W):
+            dx[p, h, w] = 0.0
+    for h in range(2 * H_out, H):
+        for w in range(W):
+            dx[p, h, w] = 0.0
