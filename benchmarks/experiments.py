@@ -13,8 +13,6 @@ the same result before it is timed.  The report lists current / candidate;
                         (no separate zeroing pass, no scatter)
     2x2 recompute       max pool 2x2/2 without an argmax array: forward writes
                         only y, backward re-finds the winner in x
-    LP p=2              LP pooling forward with ``v*v`` and ``sqrt`` instead of
-                        ``pow`` when norm_type == 2
     fastmath            the average- and LP-pooling forward kernels compiled
                         with fastmath=True (what the flag buys where it is legal)
 """
@@ -61,32 +59,6 @@ def _max2x2_forward_select(x, out, argmax):
                     best = d if k == 3 else (c if k == 2 else (b if k == 1 else a))
                 out[p, oh, ow] = best
                 argmax[p, oh, ow] = (h + (k >> 1)) * W + w + (k & 1)
-
-
-def _lppool2_forward(x, kh, kw, sh, sw, out, sums):
-    """``minicnn.kernels.pooling._lppool2d_forward`` for norm_type == 2:
-    ``v*v`` in float64 (exact for float32 v) and ``sqrt``.  Adopted: the
-    shipped kernels now square in float64 too (before, the squares of
-    float32 input were rounded to float32 before they were summed)."""
-    P, H, W = x.shape
-    H_out, W_out = out.shape[1], out.shape[2]
-    for p in prange(P):
-        for oh in range(H_out):
-            h_lo = oh * sh
-            h_hi = min(h_lo + kh, H)
-            for ow in range(W_out):
-                w_lo = ow * sw
-                w_hi = min(w_lo + kw, W)
-                s = 0.0
-                for h in range(h_lo, h_hi):
-                    for w in range(w_lo, w_hi):
-                        v = np.float64(x[p, h, w])
-                        s += v * v
-                n = (h_hi - h_lo) * (w_hi - w_lo)
-                if n != kh * kw:
-                    s = s * (kh * kw) / n
-                sums[p, oh, ow] = s
-                out[p, oh, ow] = math.sqrt(s)
 
 
 def _max2x2_backward_fused(dout, argmax, dx):
@@ -167,7 +139,6 @@ def _max2x2_backward_recompute(dout, x, dx):
 
 
 max2x2_forward_select = njit(parallel=True, cache=True)(_max2x2_forward_select)
-lppool2_forward = njit(parallel=True, cache=True)(_lppool2_forward)
 max2x2_backward_fused = njit(parallel=True, cache=True)(_max2x2_backward_fused)
 max2x2_forward_noidx = njit(parallel=True, cache=True)(_max2x2_forward_noidx)
 max2x2_backward_recompute = njit(parallel=True, cache=True)(_max2x2_backward_recompute)
@@ -261,19 +232,11 @@ def run(ctx, shape=None) -> list[dict]:
                 "same": bool(np.allclose(ya, yb, rtol=1e-6, atol=1e-6))})
     s1, s2 = np.empty_like(y), np.empty_like(y)
     K.lppool2d_forward(xp, 2.0, 2, 2, 2, 2, ya, s1)
-    t_lp = measure(lambda: K.lppool2d_forward(xp, 2.0, 2, 2, 2, 2, ya, s1), T)
     lppool2d_forward_fastmath(xp, 2.0, 2, 2, 2, 2, yb, s2)
     out.append({"name": "LPPool2D p=2 2x2 fwd kernel: fastmath=False -> True", "shape": label,
-                "current": t_lp,
+                "current": measure(lambda: K.lppool2d_forward(xp, 2.0, 2, 2, 2, 2, ya, s1), T),
                 "candidate": measure(lambda: lppool2d_forward_fastmath(xp, 2.0, 2, 2, 2, 2, yb, s2), T),
                 "same": bool(np.allclose(ya, yb, rtol=1e-5, atol=1e-6))})
-    log("[experiments] LP p=2")
-    lppool2_forward(xp, 2, 2, 2, 2, yb, s2)
-    out.append({"name": "LPPool2D p=2 2x2 fwd kernel: pow(v, p), pow(s, 1/p) -> v*v, sqrt(s)", "shape": label,
-                "current": t_lp, "candidate": measure(lambda: lppool2_forward(xp, 2, 2, 2, 2, yb, s2), T),
-                "same": bool(np.allclose(ya, yb, rtol=1e-6, atol=0) and np.allclose(s1, s2, rtol=1e-6, atol=0)),
-                "note": "adopted (the shipped kernels square in float64 too); the backward's pow(x, p-1) "
-                        "is x itself for p = 2"})
     for e in out:
         for k in ("current", "candidate"):
             e[k] = e[k].to_dict()
