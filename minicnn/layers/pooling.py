@@ -108,10 +108,10 @@ def _avgpool(xp, k, s, p, count_include_pad, divisor_override, out):
         run_kernel(K.avgpool2d_2x2_forward, xp, divisor_override or 4, out)
     elif k == (3, 3):
         run_kernel(K.avgpool2d_3x3_forward, xp, s[0], s[1], p[0], p[1], count_include_pad,
-             divisor_override, out)
+                   divisor_override, out)
     else:
         run_kernel(K.avgpool2d_forward, xp, k[0], k[1], s[0], s[1], p[0], p[1],
-             count_include_pad, divisor_override, out)
+                   count_include_pad, divisor_override, out)
 
 
 def _avgpool_backward(dout, k, s, p, count_include_pad, divisor_override, dx):
@@ -120,10 +120,10 @@ def _avgpool_backward(dout, k, s, p, count_include_pad, divisor_override, dx):
         run_kernel(K.avgpool2d_2x2_backward, dout, divisor_override or 4, dx)
     elif k == (3, 3):
         run_kernel(K.avgpool2d_3x3_backward, dout, s[0], s[1], p[0], p[1], count_include_pad,
-             divisor_override, dx)
+                   divisor_override, dx)
     else:
         run_kernel(K.avgpool2d_backward, dout, k[0], k[1], s[0], s[1], p[0], p[1],
-             count_include_pad, divisor_override, dx)
+                   count_include_pad, divisor_override, dx)
 
 
 # -------------------------------------------------------------------- max
