@@ -30,6 +30,7 @@ from minicnn import seeding
 from minicnn.kernels.conv import col2im, im2col, nchw_from_rows, rows_from_nchw
 from minicnn.layers.base import Layer
 from minicnn.layers.geometry import check_window, pair, window_output_shape
+from minicnn.threads import run_kernel
 
 
 def _positive_int(layer, name, v):
@@ -84,11 +85,11 @@ class Conv2D(Layer):
         Ho, Wo = window_output_shape(self.name, (H, W), self.kernel_size, self.stride, self.padding)
         dt = self.dtype
         cols = self._buffer("_cols", (C * kh * kw, N * Ho * Wo), dt)
-        im2col(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
+        run_kernel(im2col, np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
         y2d = self._buffer("_y2d", (self.out_channels, N * Ho * Wo), dt)
         np.matmul(self.params["W"].reshape(self.out_channels, -1), cols, out=y2d)
         y = np.empty((N, self.out_channels, Ho * Wo), dt)
-        nchw_from_rows(y2d, self.params["b"], y)
+        run_kernel(nchw_from_rows, y2d, self.params["b"], y)
         self._x_shape = x.shape
         return y.reshape(N, self.out_channels, Ho, Wo)
 
@@ -109,7 +110,7 @@ class Conv2D(Layer):
         dout = self._check_dout(dout, (N, F, Ho, Wo))
         dt = self.dtype
         d2 = self._buffer("_d2", (F, N * P), dt)
-        rows_from_nchw(np.ascontiguousarray(dout, dtype=dt).reshape(N, F, P), d2)
+        run_kernel(rows_from_nchw, np.ascontiguousarray(dout, dtype=dt).reshape(N, F, P), d2)
         Wm = self.params["W"].reshape(F, -1)
         np.matmul(d2, self._cols.T, out=self.grads["W"].reshape(F, -1))
         np.sum(d2, axis=1, out=self.grads["b"])
@@ -118,5 +119,5 @@ class Conv2D(Layer):
         dcols = self._buffer("_dcols", self._cols.shape, dt)
         np.matmul(Wm.T, d2, out=dcols)
         dx = np.empty(self._x_shape, dt)
-        col2im(dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
+        run_kernel(col2im, dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
         return dx
