@@ -25,11 +25,13 @@ a training step alternates products with Numba kernels many times, so
 :func:`configure` also sets ``OPENBLAS_THREAD_TIMEOUT=4`` (the shortest
 spin OpenBLAS allows, 2**4 cycles) unless the user set it.  Measured on
 the same machine, idle, 2026-11-23, one training step at batch 64 (five
-medians of 100 steps each, alternating runs):
+medians of 100 steps each, two runs of each, alternated):
 
     OPENBLAS_THREAD_TIMEOUT               lenet          default model
-    OpenBLAS's default                    4.0-4.2 ms     24-26 ms
-    4 (what minicnn sets)                 3.2-3.5 ms     21-22 ms
+    OpenBLAS's default                    4.0-4.2 ms     24.0-26.8 ms
+    4 (what minicnn sets)                 3.2-3.5 ms     20.5-22.3 ms *
+
+    * two of the ten medians were 28.5 and 28.8 ms, at the start of one run
 
 OpenBLAS reads it once, when numpy loads it: it takes effect when
 minicnn is imported before numpy (``python -m minicnn``, the ``minicnn``
