@@ -338,7 +338,7 @@ def _kernel_cases(rng):
                                    np.abs(y[:, :8, :6]) + 2, 2.0), (x,)),
         "lppool2d_3x3_forward": ((xpos, 3.0, 3, 2), (ylp, slp)),
         "lppool2d_3x3_backward": ((doutlp, xpos, ylp, slp, 3.0, 3, 2), (x,)),
-        "maxunpool2d_forward": ((dout, up_idx), (x,)),
+        "maxunpool2d_forward": ((dout, up_idx), (x, np.empty(6, bool))),
         "maxunpool2d_backward": ((x, up_idx), (y,)),
     }
 
@@ -833,6 +833,10 @@ def test_unpool_invalid_arguments():
         unpool(x, np.array([[[[0, 1], [2, 16]]]]))
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\).*found index -1"):
         unpool(x, np.array([[[[0, -1], [2, 3]]]]))
+    many = np.zeros((3, 4, 2, 2), np.int64)                  # one bad plane among twelve
+    many[1, 2, 1, 0] = 17
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\).*found index 17"):
+        unpool(np.ones((3, 4, 2, 2)), many)
     with pytest.raises(ValueError, match="indices must have the shape"):
         unpool(x, np.zeros((1, 1, 2, 3), np.int64))
     with pytest.raises(TypeError, match="indices must be integers"):

@@ -231,45 +231,61 @@ def _maxpool2d_backward(dout, argmax, dx):
 
 
 # ------------------------------------------------------------------ max unpool
-def _maxunpool2d_forward(x, indices, out):
+def _maxunpool2d_forward(x, indices, out, ok):
     """Partial inverse of max pooling: scatter each value to its index.
 
-    x, indices: (P, H_in, W_in) -> out: (P, H_out, W_out), overwritten.
+    x, indices: (P, H_in, W_in) -> out: (P, H_out, W_out), overwritten;
+    ok: (P,) bool, written.
 
     Forward: ``out = 0; out.flat[indices] = x`` per plane, in row-major order
-    of ``x`` (if two entries share an index, the later one wins).  Indices
-    must lie in ``[0, H_out*W_out)``; the layer checks that.
+    of ``x`` (if two entries share an index, the later one wins).  Each
+    plane first checks its indices against ``[0, H_out*W_out)`` (a min/max
+    pass over a plane that is then in cache, cheaper than a separate pass
+    over the whole array): a plane with an index outside sets
+    ``ok[p] = False`` and is left unwritten, and the layer raises.
 
     Parallel: prange over the P planes; iteration p writes only plane p.
     H_out, W_out: the unpooled size the layer chose (MaxUnpool2D).
     """
     P, H_in, W_in = x.shape
-    H_out, W_out = out.shape[1], out.shape[2]
-    flat = out.reshape((P, H_out * W_out))
+    n = out.shape[1] * out.shape[2]
+    out_flat = out.reshape((P, n))
+    x_flat = x.reshape((P, H_in * W_in))
+    idx_flat = indices.reshape((P, H_in * W_in))
     for p in prange(P):
-        for q in range(H_out * W_out):
-            flat[p, q] = 0.0
-        for i in range(H_in):
-            for j in range(W_in):
-                flat[p, indices[p, i, j]] = x[p, i, j]
+        o, xp, ip = out_flat[p], x_flat[p], idx_flat[p]     # views indexed from 0: they vectorise
+        lo = 0                                              # min(0, indices) < 0 iff one is < 0
+        hi = 0                                              # max(0, indices) >= n iff one is >= n
+        for q in range(ip.shape[0]):
+            lo = min(lo, ip[q])
+            hi = max(hi, ip[q])
+        ok[p] = lo >= 0 and hi < n
+        if not ok[p]:
+            continue
+        for q in range(n):
+            o[q] = 0.0
+        for q in range(ip.shape[0]):
+            o[ip[q]] = xp[q]
 
 
 def _maxunpool2d_backward(dout, indices, dx):
     """Backward of max unpooling: gather.
 
     dout: (P, H_out, W_out) C-contiguous, indices: (P, H_in, W_in)
-    -> dx: (P, H_in, W_in), overwritten.  Rule: ``dx = dout.flat[indices]``.
+    -> dx: (P, H_in, W_in), overwritten.  Rule: ``dx = dout.flat[indices]``
+    (indices checked by the forward pass).
 
     Parallel: prange over the P planes; iteration p writes only plane p.
     H_out, W_out: the unpooled size the layer chose (MaxUnpool2D).
     """
     P, H_in, W_in = dx.shape
-    H_out, W_out = dout.shape[1], dout.shape[2]
-    flat = dout.reshape((P, H_out * W_out))
+    d_flat = dout.reshape((P, dout.shape[1] * dout.shape[2]))
+    dx_flat = dx.reshape((P, H_in * W_in))
+    idx_flat = indices.reshape((P, H_in * W_in))
     for p in prange(P):
-        for i in range(H_in):
-            for j in range(W_in):
-                dx[p, i, j] = flat[p, indices[p, i, j]]
+        d, o, ip = d_flat[p], dx_flat[p], idx_flat[p]
+        for q in range(ip.shape[0]):
+            o[q] = d[ip[q]]
 
 
 maxpool2d_forward = njit(parallel=True, cache=True)(_maxpool2d_forward)

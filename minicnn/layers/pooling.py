@@ -240,14 +240,14 @@ class MaxUnpool2D(_Pool):
         N, C, H, W = x.shape
         Ho, Wo = self._output_hw((H, W), output_size)
         idx = np.ascontiguousarray(indices, dtype=np.int64).reshape(N * C, H, W)
-        if idx.size:
-            lo, hi = int(idx.min()), int(idx.max())
-            if lo < 0 or hi >= Ho * Wo:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"{self.name}: indices must lie in [0, {Ho * Wo}) for output size "
-                                 f"({Ho}, {Wo}), found index {bad}")
         y = np.empty((N * C, Ho, Wo), x.dtype)
-        run_kernel(K.maxunpool2d_forward, _planes(x), idx, y)
+        ok = np.empty(N * C, bool)
+        run_kernel(K.maxunpool2d_forward, _planes(x), idx, y, ok, size=y.size)
+        if not ok.all():                      # the kernel checked each plane's indices
+            lo, hi = idx[~ok].min(), idx[~ok].max()
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{self.name}: indices must lie in [0, {Ho * Wo}) for output size "
+                             f"({Ho}, {Wo}), found index {bad}")
         self._indices = idx
         self._remember(x, (Ho, Wo))
         return y.reshape(N, C, Ho, Wo)
