@@ -1,7 +1,8 @@
 """Window pooling against PyTorch (an optional oracle), forward and backward.
 
 Configurations are drawn by hypothesis within PyTorch's own argument rules
-(padding <= kernel_size // 2); float64 throughout.
+(padding <= kernel_size // 2); float64, except the float32 average
+pooling tests, which compare bit for bit.
 """
 import numpy as np
 import pytest
@@ -84,6 +85,39 @@ def test_avg_pool2d_matches_torch(cfg, count_include_pad, divisor_override):
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-15)
     dout = rng.standard_normal(y.shape)
     np.testing.assert_allclose(layer.backward(dout), grad_of(yt, xt, dout), rtol=1e-12, atol=1e-15)
+
+
+@SETTINGS
+@given(configs(dilation=False, max_hw=16), st.booleans(), st.sampled_from([None, 1, 3, 7]))
+def test_avg_pool2d_float32_equals_torch_bit_for_bit(cfg, count_include_pad, divisor_override):
+    """float32 planes sum in float32 from +0 in row-major order and divide
+    in float32, as PyTorch's CPU kernel does, so the results are equal to
+    the last bit (forward, and backward: windows in row-major order)."""
+    rng = np.random.default_rng(cfg["seed"])
+    x = (rng.standard_normal(cfg["shape"]) * 10.0 ** rng.integers(-3, 4, cfg["shape"])).astype(np.float32)
+    layer = AvgPool2D(cfg["k"], cfg["s"], cfg["p"], cfg["ceil"], count_include_pad, divisor_override)
+    yt, xt = torch_call(F.avg_pool2d, x, cfg["k"], cfg["s"], cfg["p"], cfg["ceil"],
+                        count_include_pad, divisor_override)
+    if yt is None:
+        return                                            # covered by the float64 test above
+    y = layer(x)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    dout = rng.standard_normal(y.shape).astype(np.float32) * np.float32(3)
+    np.testing.assert_array_equal(layer.backward(dout), grad_of(yt, xt, dout))
+
+
+@pytest.mark.parametrize("shape, k, s, p", [((4, 8, 28, 28), 3, 2, 1), ((4, 8, 14, 14), 2, 2, 0),
+                                            ((2, 4, 24, 24), 3, 1, 1), ((2, 4, 13, 11), 3, 2, 0)])
+def test_avg_pool2d_float32_fast_paths_equal_torch_bit_for_bit(shape, k, s, p):
+    rng = np.random.default_rng(sum(shape) + k + s + p)
+    x = rng.standard_normal(shape).astype(np.float32)
+    layer = AvgPool2D(k, s, p)
+    yt, xt = torch_call(F.avg_pool2d, x, k, s, p)
+    y = layer(x)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    dout = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(layer.backward(dout), grad_of(yt, xt, dout))
 
 
 @SETTINGS

@@ -2,7 +2,6 @@
 
 Conventions (planes, geometry, parallel contract): :mod:`minicnn.kernels.window`.
 """
-import numpy as np
 from numba import njit, prange
 
 from minicnn.kernels.window import _avg_divisor, _avg_extents, _inner_windows, _zero_uncovered_2x2
@@ -18,6 +17,10 @@ def _avgpool2d_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_ove
     ``divisor = divisor_override`` if it is > 0, else the window area
     clamped to the padded input ``[-p, L+p)`` if ``count_include_pad``,
     else the number of cells inside the input (see :func:`_avg_extents`).
+    Arithmetic in the planes' dtype, as PyTorch does it: the sum starts at
+    +0 and adds the cells in row-major order, then is divided by the
+    divisor converted to that dtype (float32 planes give PyTorch's float32
+    result bit for bit).
 
     Parallel: prange over the P planes; iteration p writes only plane p.
     H_out, W_out: ``geometry.output_size`` (read from the output's shape).
@@ -26,28 +29,25 @@ def _avgpool2d_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_ove
     H_out, W_out = out.shape[1], out.shape[2]
     nhs, h_los, h_his = _avg_extents(H_out, kh, sh, ph, H)
     nws, w_los, w_his = _avg_extents(W_out, kw, sw, pw, W)
+    dt = out.dtype.type
     for p in prange(P):
         for oh in range(H_out):
             nh, h_lo, h_hi = nhs[oh], h_los[oh], h_his[oh]
             for ow in range(W_out):
                 nw, w_lo, w_hi = nws[ow], w_los[ow], w_his[ow]
-                s = 0.0
+                s = dt(0)
                 for h in range(h_lo, h_hi):
                     for w in range(w_lo, w_hi):
                         s += x[p, h, w]
-                if divisor_override > 0:
-                    div = divisor_override
-                elif count_include_pad:
-                    div = nh * nw
-                else:
-                    div = (h_hi - h_lo) * (w_hi - w_lo)
-                out[p, oh, ow] = s / div
+                div = _avg_divisor(nh * nw, (h_hi - h_lo) * (w_hi - w_lo), count_include_pad,
+                                   divisor_override)
+                out[p, oh, ow] = s / dt(div)
 
 
 @njit(cache=True, inline='always')
 def _sum9(x, p, h, w):
-    """``sum(x[p, h:h+3, w:w+3])`` in float64, row-major order."""
-    s = 0.0
+    """``sum(x[p, h:h+3, w:w+3])`` in x's dtype, from +0 in row-major order."""
+    s = x.dtype.type(0)
     s += x[p, h, w]
     s += x[p, h, w + 1]
     s += x[p, h, w + 2]
@@ -77,8 +77,8 @@ def _avgpool2d_3x3_forward(x, sh, sw, ph, pw, count_include_pad, divisor_overrid
     nhs, h_los, h_his = _avg_extents(H_out, 3, sh, ph, H)
     nws, w_los, w_his = _avg_extents(W_out, 3, sw, pw, W)
     ow_a, ow_b = _inner_windows(W_out, 3, sw, pw, W)
-    nine = np.int64(9)         # int64 like the extents (so NUMBA_DISABLE_JIT divides alike too)
-    div9 = _avg_divisor(nine, nine, count_include_pad, divisor_override)
+    dt = out.dtype.type
+    div9 = dt(_avg_divisor(9, 9, count_include_pad, divisor_override))
     for p in prange(P):
         for oh in range(H_out):
             h = oh * sh - ph
@@ -91,12 +91,13 @@ def _avgpool2d_3x3_forward(x, sh, sw, ph, pw, count_include_pad, divisor_overrid
                     continue
                 for ow in range(lo, hi):
                     w_lo, w_hi = w_los[ow], w_his[ow]
-                    s = 0.0
+                    s = dt(0)
                     for hh in range(h_lo, h_hi):
                         for ww in range(w_lo, w_hi):
                             s += x[p, hh, ww]
-                    out[p, oh, ow] = s / _avg_divisor(nhs[oh] * nws[ow], (h_hi - h_lo) * (w_hi - w_lo),
-                                                      count_include_pad, divisor_override)
+                    div = _avg_divisor(nhs[oh] * nws[ow], (h_hi - h_lo) * (w_hi - w_lo),
+                                       count_include_pad, divisor_override)
+                    out[p, oh, ow] = s / dt(div)
 
 
 def _avgpool2d_2x2_forward(x, divisor, out):
@@ -109,17 +110,19 @@ def _avgpool2d_2x2_forward(x, divisor, out):
     """
     P, H, W = x.shape
     H_out, W_out = out.shape[1], out.shape[2]
+    dt = out.dtype.type
+    div = dt(divisor)
     for p in prange(P):
         for oh in range(H_out):
             h = 2 * oh
             for ow in range(W_out):
                 w = 2 * ow
-                s = 0.0
+                s = dt(0)
                 s += x[p, h, w]
                 s += x[p, h, w + 1]
                 s += x[p, h + 1, w]
                 s += x[p, h + 1, w + 1]
-                out[p, oh, ow] = s / divisor
+                out[p, oh, ow] = s / div
 
 
 def _avgpool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override, dx):
@@ -128,7 +131,8 @@ def _avgpool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor
     dout: (P, H_out, W_out) -> dx: (P, H, W), overwritten.
 
     Rule: ``dx[window inside the input] += dout / divisor`` (divisor as in
-    :func:`_avgpool2d_forward`); padding cells receive nothing.
+    :func:`_avgpool2d_forward`); padding cells receive nothing.  Arithmetic
+    in the planes' dtype, windows in row-major order, as PyTorch does it.
 
     Parallel: prange over the P planes; iteration p writes only plane p.
     H_out, W_out: ``geometry.output_size`` (read from the output's shape).
@@ -137,6 +141,7 @@ def _avgpool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor
     H_out, W_out = dout.shape[1], dout.shape[2]
     nhs, h_los, h_his = _avg_extents(H_out, kh, sh, ph, H)
     nws, w_los, w_his = _avg_extents(W_out, kw, sw, pw, W)
+    dt = dx.dtype.type
     for p in prange(P):
         for h in range(H):
             for w in range(W):
@@ -145,13 +150,9 @@ def _avgpool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor
             nh, h_lo, h_hi = nhs[oh], h_los[oh], h_his[oh]
             for ow in range(W_out):
                 nw, w_lo, w_hi = nws[ow], w_los[ow], w_his[ow]
-                if divisor_override > 0:
-                    div = divisor_override
-                elif count_include_pad:
-                    div = nh * nw
-                else:
-                    div = (h_hi - h_lo) * (w_hi - w_lo)
-                g = dout[p, oh, ow] / div
+                div = _avg_divisor(nh * nw, (h_hi - h_lo) * (w_hi - w_lo), count_include_pad,
+                                   divisor_override)
+                g = dout[p, oh, ow] / dt(div)
                 for h in range(h_lo, h_hi):
                     for w in range(w_lo, w_hi):
                         dx[p, h, w] += g
@@ -172,8 +173,8 @@ def _avgpool2d_3x3_backward(dout, sh, sw, ph, pw, count_include_pad, divisor_ove
     nhs, h_los, h_his = _avg_extents(H_out, 3, sh, ph, H)
     nws, w_los, w_his = _avg_extents(W_out, 3, sw, pw, W)
     ow_a, ow_b = _inner_windows(W_out, 3, sw, pw, W)
-    nine = np.int64(9)         # int64 like the extents (so NUMBA_DISABLE_JIT divides alike too)
-    div9 = _avg_divisor(nine, nine, count_include_pad, divisor_override)
+    dt = dx.dtype.type
+    div9 = dt(_avg_divisor(9, 9, count_include_pad, divisor_override))
     flat = dx.reshape((P, H * W))
     for p in prange(P):
         for q in range(H * W):
@@ -199,8 +200,9 @@ def _avgpool2d_3x3_backward(dout, sh, sw, ph, pw, count_include_pad, divisor_ove
                     continue
                 for ow in range(lo, hi):
                     w_lo, w_hi = w_los[ow], w_his[ow]
-                    g = dout[p, oh, ow] / _avg_divisor(nhs[oh] * nws[ow], (h_hi - h_lo) * (w_hi - w_lo),
-                                                       count_include_pad, divisor_override)
+                    div = _avg_divisor(nhs[oh] * nws[ow], (h_hi - h_lo) * (w_hi - w_lo),
+                                       count_include_pad, divisor_override)
+                    g = dout[p, oh, ow] / dt(div)
                     for hh in range(h_lo, h_hi):
                         for ww in range(w_lo, w_hi):
                             dx[p, hh, ww] += g
@@ -217,12 +219,13 @@ def _avgpool2d_2x2_backward(dout, divisor, dx):
     """
     P, H, W = dx.shape
     H_out, W_out = dout.shape[1], dout.shape[2]
+    div = dx.dtype.type(divisor)
     for p in prange(P):
         for oh in range(H_out):
             h = 2 * oh
             for ow in range(W_out):
                 w = 2 * ow
-                g = dout[p, oh, ow] / divisor
+                g = dout[p, oh, ow] / div
                 dx[p, h, w] = g
                 dx[p, h, w + 1] = g
                 dx[p, h + 1, w] = g

@@ -2,7 +2,6 @@
 
 Conventions (planes, geometry, parallel contract): :mod:`minicnn.kernels.window`.
 """
-import numpy as np
 from numba import njit, prange
 
 from minicnn.kernels.max_pooling import _max9, _max_window, _has_nan
@@ -31,7 +30,7 @@ def _mixedpool2d_3x3_forward(x, sh, sw, a, b, out, argmax, diff):
     P, H, W = x.shape
     H_out, W_out = out.shape[1], out.shape[2]
     flat = x.reshape((P, H * W))
-    nine = np.int64(9)          # int64 like the average kernels' divisor
+    nine = out.dtype.type(9)    # the average kernels' divisor, in the planes' dtype
     for p in prange(P):
         if _has_nan(flat, p):
             for oh in range(H_out):

@@ -30,8 +30,9 @@ compiled by name at the bottom of its module:
 (To get a serial build, e.g. in a test, use ``njit(_name)`` *without*
 ``cache=True``: Numba's cache index does not record the ``parallel`` flag,
 so a second cached build of the same function would share its entries.)
-All kernels accept float32 and float64 arrays (sums and LP powers are
-float64); index arrays are int64.  The 2x2 kernels (kernel 2, stride 2, no
+All kernels accept float32 and float64 arrays; index arrays are int64.
+Average pooling computes in the planes' dtype, as PyTorch does; LP powers
+and sums are float64.  The 2x2 kernels (kernel 2, stride 2, no
 padding, every window full) and 3x3 kernels (any stride, padding <= 1) are
 the common cases written out tap by tap: the general kernels' tap loops
 run only 2 or 3 times per window and cost more than the arithmetic.  They
