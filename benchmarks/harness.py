@@ -8,7 +8,9 @@ Timing rule (:func:`measure`)::
     report median and min over `repeats` samples (seconds per call)
 
 The median is the figure we quote (robust to a descheduled sample on a
-shared machine); the min is the best case the hardware allowed.
+shared machine); the min is the best case the hardware allowed.  Figures
+that are compared with each other (minicnn, numpy, PyTorch on the same
+work) are sampled in alternation by :func:`measure_interleaved`.
 """
 from __future__ import annotations
 
@@ -97,6 +99,42 @@ def measure(fn, timing: Timing = Timing(), clock=time.perf_counter) -> Stats:
             fn()
         samples.append((clock() - t0) / inner)
     return Stats.from_samples(samples, inner)
+
+
+def measure_interleaved(fns: dict, timings: dict, clock=time.perf_counter) -> dict:
+    """Time several functions in alternation: ``{name: fn}`` and ``{name:
+    Timing}`` -> ``{name: Stats}``.
+
+    Each function is warmed up and gets its calls per sample as in
+    :func:`measure`; then the samples are taken in rounds, one sample of
+    each function per round (the order rotating from round to round), so a
+    slow spell of a shared machine falls on all of them alike and the
+    ratios between them stay meaningful.  A function with fewer
+    ``repeats`` than the others samples in rounds spread evenly over the
+    whole span.
+    """
+    keys = list(fns)
+    inner = {}
+    for k in keys:
+        t = timings[k]
+        for _ in range(max(1, t.warmup)):
+            fns[k]()
+        t0 = clock()
+        fns[k]()
+        inner[k] = calls_per_sample(clock() - t0, t.min_sample, t.max_inner)
+    want = {k: max(1, timings[k].repeats) for k in keys}
+    rounds = max(want.values())
+    samples = {k: [] for k in keys}
+    for r in range(rounds):
+        order = keys[r % len(keys):] + keys[:r % len(keys)]
+        for k in order:
+            if (r + 1) * want[k] // rounds > r * want[k] // rounds:     # want[k] of the rounds, evenly
+                fn, n = fns[k], inner[k]
+                t0 = clock()
+                for _ in range(n):
+                    fn()
+                samples[k].append((clock() - t0) / n)
+    return {k: Stats.from_samples(samples[k], inner[k]) for k in keys}
 
 
 # -------------------------------------------------------- memory-copy roof

@@ -13,7 +13,9 @@ Beside each minicnn figure: the copy roof (``np.copyto`` of input+output
 bytes), the naive numpy reference (``references.py``) and PyTorch, NCHW and
 channels_last (forward under ``no_grad``; backward = ``autograd.grad``
 with a random upstream gradient, graph kept from one forward; forward+
-backward = both, fresh graph each call).
+backward = both, fresh graph each call).  Per phase, minicnn, numpy and
+the two PyTorch layouts are sampled in alternation
+(``harness.measure_interleaved``), so the ratios compare the same minutes.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 
 import minicnn as mc
 from benchmarks import references as R
-from benchmarks.harness import log, measure
+from benchmarks.harness import log, measure_interleaved
 from benchmarks.report import make_record
 
 SHAPES = [(64, 32, 28, 28), (64, 64, 14, 14), (128, 16, 24, 24)]
@@ -229,7 +231,9 @@ def cases(quick=False, tiny=False):
 
 
 # ------------------------------------------------------------- measuring
-def _torch_times(case, st, y_shape, g, ctx, channels_last):
+def _torch_calls(case, st, y_shape, g, ctx, channels_last):
+    """PyTorch's (forward, backward, forward+backward) of the case, as
+    functions of no arguments (backward reuses one forward's graph)."""
     torch = ctx.torch
     F = torch.nn.functional
     cl = torch.channels_last if channels_last else torch.contiguous_format
@@ -252,10 +256,8 @@ def _torch_times(case, st, y_shape, g, ctx, channels_last):
     y = f(torch, F, x, extra)
     if tuple(y.shape) != tuple(y_shape):
         raise AssertionError(f"{case.label}: torch output {tuple(y.shape)} != minicnn {y_shape}")
-    t_f = measure(fwd, ctx.timing)
-    t_b = measure(lambda: torch.autograd.grad(y, x, tg, retain_graph=True), ctx.timing)
-    t_fb = measure(lambda: torch.autograd.grad(f(torch, F, x, extra), x, tg), ctx.timing)
-    return t_f, t_b, t_fb
+    return (fwd, lambda: torch.autograd.grad(y, x, tg, retain_graph=True),
+            lambda: torch.autograd.grad(f(torch, F, x, extra), x, tg))
 
 
 def run_case(case: PoolCase, ctx) -> list[dict]:
@@ -267,30 +269,28 @@ def run_case(case: PoolCase, ctx) -> list[dict]:
     nb_f = st["x"].nbytes + y.nbytes
     nb_b = g.nbytes + st["x"].nbytes          # dout in, dx (the input's shape) out
 
-    mc_f = measure(lambda: case.mc_forward(layer, st), ctx.timing)
-    case.mc_forward(layer, st)
-    mc_b = measure(lambda: layer.backward(g), ctx.timing)
-    mc_fb = measure(lambda: (case.mc_forward(layer, st), layer.backward(g)), ctx.timing)
-
     _, cache = case.np_forward(st)
-    np_f = measure(lambda: case.np_forward(st), ctx.np_timing)
-    np_b = measure(lambda: case.np_backward(cache, g), ctx.np_timing)
-    np_fb = measure(lambda: case.np_backward(case.np_forward(st)[1], g), ctx.np_timing)
-
-    t = {"f": (None, None, None), "cl": (None, None, None)}
+    calls = {   # per phase (fwd, bwd, fwd+bwd): the functions compared, timed in alternation
+        "minicnn": (lambda: case.mc_forward(layer, st), lambda: layer.backward(g),
+                    lambda: (case.mc_forward(layer, st), layer.backward(g))),
+        "numpy": (lambda: case.np_forward(st), lambda: case.np_backward(cache, g),
+                  lambda: case.np_backward(case.np_forward(st)[1], g)),
+    }
     if ctx.torch is not None and case.torch_forward is not None:
-        t["f"] = _torch_times(case, st, y.shape, g, ctx, channels_last=False)
-        t["cl"] = _torch_times(case, st, y.shape, g, ctx, channels_last=True)
+        calls["torch"] = _torch_calls(case, st, y.shape, g, ctx, channels_last=False)
+        calls["torch_cl"] = _torch_calls(case, st, y.shape, g, ctx, channels_last=True)
+    timings = {k: ctx.np_timing if k == "numpy" else ctx.timing for k in calls}
 
     shape = "x".join(map(str, case.shape))
     common = dict(section="pooling", name=case.layer, config=case.config, shape=shape,
                   notes=case.notes, torch_kind=case.torch_kind if ctx.torch is not None else None)
     recs = []
-    for k, (phase, mc_t, np_t, nb) in enumerate((("fwd", mc_f, np_f, nb_f), ("bwd", mc_b, np_b, nb_b),
-                                                 ("fwd+bwd", mc_fb, np_fb, nb_f + nb_b))):
+    for k, (phase, nb) in enumerate((("fwd", nb_f), ("bwd", nb_b), ("fwd+bwd", nb_f + nb_b))):
+        case.mc_forward(layer, st)                  # the backward phase needs a forward first
+        t = measure_interleaved({name: c[k] for name, c in calls.items()}, timings)
         recs.append(make_record(phase=phase, times={
-            "minicnn": mc_t, "copy": ctx.copy(nb), "numpy": np_t,
-            "torch": t["f"][k], "torch_cl": t["cl"][k]}, **common))
+            "minicnn": t["minicnn"], "copy": ctx.copy(nb), "numpy": t["numpy"],
+            "torch": t.get("torch"), "torch_cl": t.get("torch_cl")}, **common))
     return recs
 
 

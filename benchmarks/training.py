@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 import minicnn as mc
-from benchmarks.harness import Stats, Timing, log, measure
+from benchmarks.harness import Stats, Timing, log, measure_interleaved
 from benchmarks.references import NumpyNet
 from benchmarks.report import make_record
 from minicnn.data import MNISTNotFoundError, batches, find_data_dir, load_mnist
@@ -103,8 +103,16 @@ def torch_net(torch, model, name):
     return net, step
 
 
-def _epoch_times(fn, repeats):
-    return Stats.from_samples([_wall(fn) for _ in range(repeats)])
+def _epoch_times(fns, repeats):
+    """``{name: epoch function}`` -> ``{name: Stats}``: ``repeats`` epochs
+    of each, alternating (the order rotating), so a slow spell of the
+    machine falls on all of them alike."""
+    keys = list(fns)
+    samples = {k: [] for k in keys}
+    for r in range(repeats):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            samples[k].append(_wall(fns[k]))
+    return {k: Stats.from_samples(v) for k, v in samples.items()}
 
 
 def _wall(fn):
@@ -125,13 +133,14 @@ def run(ctx):
         npnet = numpy_net(tr.model, name)
         tstep = torch_net(ctx.torch, tr.model, name)[1] if ctx.torch is not None else None
 
-        mc_step = measure(lambda: tr.train_step(xb, yb, "benchmark"), ctx.timing)
-        np_step = measure(lambda: npnet.step(xb, yb), Timing(repeats=ctx.np_timing.repeats,
-                                                            min_sample=ctx.np_timing.min_sample, warmup=1))
-        t_step = None
+        steps = {"minicnn": lambda: tr.train_step(xb, yb, "benchmark"), "numpy": lambda: npnet.step(xb, yb)}
+        timings = {"minicnn": ctx.timing, "torch": ctx.timing,
+                   "numpy": Timing(repeats=ctx.np_timing.repeats, min_sample=ctx.np_timing.min_sample, warmup=1)}
         if tstep is not None:
             txb, tyb = ctx.torch.from_numpy(xb), ctx.torch.from_numpy(yb)
-            t_step = measure(lambda: tstep(txb, tyb), ctx.timing)
+            steps["torch"] = lambda: tstep(txb, tyb)
+        st = measure_interleaved(steps, timings)          # in alternation: same minutes for all
+        mc_step, np_step, t_step = st["minicnn"], st["numpy"], st.get("torch")
         recs.append(make_record("training", name, "step", {"minicnn": mc_step, "numpy": np_step, "torch": t_step},
                                 config=f"batch {batch}", shape=f"{batch}x1x28x28"))
 
@@ -147,8 +156,7 @@ def run(ctx):
         xs, ys = x[:n_batches * batch], y[:n_batches * batch]
         scale = per_epoch / -(-len(xs) // batch)
         log(f"[training] {name} epoch: {n_batches} batches x {reps}")
-        mc_ep = _epoch_times(lambda: minicnn_trainer(name, batch=batch).fit(xs, ys, 1), reps)
-        t_ep = None
+        epochs = {"minicnn": lambda: minicnn_trainer(name, batch=batch).fit(xs, ys, 1)}
         if tstep is not None:
             torch = ctx.torch
             tstep2 = torch_net(torch, build_model(name), name)[1]
@@ -157,7 +165,9 @@ def run(ctx):
                 for bx, by in batches(xs, ys, batch, shuffle=True, seed=0, epoch=0):
                     tstep2(torch.from_numpy(bx), torch.from_numpy(by))
 
-            t_ep = _epoch_times(torch_epoch, reps)
+            epochs["torch"] = torch_epoch
+        ep = _epoch_times(epochs, reps)
+        mc_ep, t_ep = ep["minicnn"], ep.get("torch")
         mc_ep, t_ep = _scaled(mc_ep, scale), _scaled(t_ep, scale)
         np_ep = Stats(np_step.median * per_epoch, np_step.min * per_epoch, [], 0)
         notes = f"numpy epoch = step x {per_epoch} (extrapolated)"

@@ -70,6 +70,38 @@ def test_measure_with_a_fake_clock():
     assert state["calls"] == 3 + 1 + 5 * 10
 
 
+def test_measure_interleaved_alternates_and_spreads_fewer_repeats():
+    """Two functions on a fake clock (a: 2 ms per call, b: 5 ms): each gets
+    its own calls per sample; the samples alternate with the order rotating
+    each round, and b's 2 samples fall in rounds spread over a's 4."""
+    state = {"t": 0.0}
+    log = []
+
+    def make(name, dt):
+        def fn():
+            state["t"] += dt
+            log.append(name)
+        return fn
+
+    st = harness.measure_interleaved(
+        {"a": make("a", 0.002), "b": make("b", 0.005)},
+        {"a": Timing(repeats=4, min_sample=0.02, warmup=1), "b": Timing(repeats=2, min_sample=0.02, warmup=1)},
+        clock=lambda: state["t"])
+    assert (st["a"].inner, st["b"].inner) == (10, 4)
+    assert len(st["a"].samples) == 4 and len(st["b"].samples) == 2
+    assert st["a"].median == pytest.approx(0.002) and st["b"].median == pytest.approx(0.005)
+    timed = log[2 + 2:]                                    # after warm-up + one sizing call each
+    runs = []                                              # (name, calls) of consecutive calls
+    for name in timed:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    # rounds 0..3 in the orders (a b), (b a), (a b), (b a); b samples only in rounds 1 and 3
+    # (spread evenly), so: a | b a | a | b a  (adjacent a samples merge in this list)
+    assert runs == [["a", 10], ["b", 4], ["a", 20], ["b", 4], ["a", 10]]
+
+
 def test_stats_from_samples():
     st = Stats.from_samples([0.3, 0.1, 0.2], inner=4)
     assert (st.median, st.min, st.inner) == (0.2, 0.1, 4)
