@@ -14,7 +14,7 @@ import numpy as np
 
 import minicnn as mc
 from benchmarks import references as R
-from benchmarks.harness import log, measure
+from benchmarks.harness import log, measure_interleaved
 from benchmarks.report import make_record
 
 LAYERS = [("lenet.conv1", 64, 1, 8, 28), ("lenet.conv2", 64, 8, 16, 14),
@@ -22,7 +22,9 @@ LAYERS = [("lenet.conv1", 64, 1, 8, 28), ("lenet.conv2", 64, 8, 16, 14),
 TINY = [("tiny.conv", 2, 3, 4, 8)]
 
 
-def _torch_times(ctx, x, layer, g, channels_last):
+def _torch_calls(ctx, x, layer, g, channels_last):
+    """PyTorch's (forward, backward, forward+backward) of the layer, as
+    functions of no arguments (backward reuses one forward's graph)."""
     torch = ctx.torch
     F = torch.nn.functional
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -37,9 +39,8 @@ def _torch_times(ctx, x, layer, g, channels_last):
             return f()
 
     y = f()
-    return (measure(fwd, ctx.timing),
-            measure(lambda: torch.autograd.grad(y, (tx, tW, tb), tg, retain_graph=True), ctx.timing),
-            measure(lambda: torch.autograd.grad(f(), (tx, tW, tb), tg), ctx.timing))
+    return (fwd, lambda: torch.autograd.grad(y, (tx, tW, tb), tg, retain_graph=True),
+            lambda: torch.autograd.grad(f(), (tx, tW, tb), tg))
 
 
 def run(ctx) -> list[dict]:
@@ -54,25 +55,24 @@ def run(ctx) -> list[dict]:
         g = rng.standard_normal(y.shape).astype(np.float32)
         nb = x.nbytes + y.nbytes
 
-        mc_f = measure(lambda: layer.forward(x), ctx.timing)
-        layer.forward(x)
-        mc_b = measure(lambda: layer.backward(g), ctx.timing)
-        mc_fb = measure(lambda: (layer.forward(x), layer.backward(g)), ctx.timing)
-
         W, b = layer.params["W"], layer.params["b"]
         _, cache = R.conv_forward(x, W, b, 1, 1)
-        np_f = measure(lambda: R.conv_forward(x, W, b, 1, 1), ctx.np_timing)
-        np_b = measure(lambda: R.conv_backward(g, cache), ctx.np_timing)
-        np_fb = measure(lambda: R.conv_backward(g, R.conv_forward(x, W, b, 1, 1)[1]), ctx.np_timing)
-
-        tt = tc = (None, None, None)
+        calls = {   # per phase (fwd, bwd, fwd+bwd): the functions compared, timed in alternation
+            "minicnn": (lambda: layer.forward(x), lambda: layer.backward(g),
+                        lambda: (layer.forward(x), layer.backward(g))),
+            "numpy": (lambda: R.conv_forward(x, W, b, 1, 1), lambda: R.conv_backward(g, cache),
+                      lambda: R.conv_backward(g, R.conv_forward(x, W, b, 1, 1)[1])),
+        }
         if ctx.torch is not None:
-            tt = _torch_times(ctx, x, layer, g, False)
-            tc = _torch_times(ctx, x, layer, g, True)
+            calls["torch"] = _torch_calls(ctx, x, layer, g, False)
+            calls["torch_cl"] = _torch_calls(ctx, x, layer, g, True)
+        timings = {k: ctx.np_timing if k == "numpy" else ctx.timing for k in calls}
         shape = f"{N}x{C}x{H}x{H} -> {F_}"
-        for k, (phase, m, n, b_) in enumerate((("fwd", mc_f, np_f, nb), ("bwd", mc_b, np_b, nb),
-                                               ("fwd+bwd", mc_fb, np_fb, 2 * nb))):
-            recs.append(make_record("conv", name, phase, {"minicnn": m, "numpy": n, "copy": ctx.copy(b_),
-                                                          "torch": tt[k], "torch_cl": tc[k]},
+        for k, (phase, b_) in enumerate((("fwd", nb), ("bwd", nb), ("fwd+bwd", 2 * nb))):
+            layer.forward(x)                        # the backward phase needs a forward first
+            t = measure_interleaved({name: c[k] for name, c in calls.items()}, timings)
+            recs.append(make_record("conv", name, phase, {"minicnn": t["minicnn"], "numpy": t["numpy"],
+                                                          "copy": ctx.copy(b_), "torch": t.get("torch"),
+                                                          "torch_cl": t.get("torch_cl")},
                                     config="3x3 p1", shape=shape))
     return recs
