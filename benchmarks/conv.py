@@ -14,7 +14,7 @@ import numpy as np
 
 import minicnn as mc
 from benchmarks import references as R
-from benchmarks.harness import log, measure_interleaved
+from benchmarks.harness import log, measure_phases
 from benchmarks.report import make_record
 
 LAYERS = [("lenet.conv1", 64, 1, 8, 28), ("lenet.conv2", 64, 8, 16, 14),
@@ -66,11 +66,10 @@ def run(ctx) -> list[dict]:
         if ctx.torch is not None:
             calls["torch"] = _torch_calls(ctx, x, layer, g, False)
             calls["torch_cl"] = _torch_calls(ctx, x, layer, g, True)
-        timings = {k: ctx.np_timing if k == "numpy" else ctx.timing for k in calls}
+        times = measure_phases(calls, ctx.timing, ctx.np_timing,
+                               before=lambda: layer.forward(x))    # the backward needs a forward
         shape = f"{N}x{C}x{H}x{H} -> {F_}"
-        for k, (phase, b_) in enumerate((("fwd", nb), ("bwd", nb), ("fwd+bwd", 2 * nb))):
-            layer.forward(x)                        # the backward phase needs a forward first
-            t = measure_interleaved({name: c[k] for name, c in calls.items()}, timings)
+        for t, phase, b_ in zip(times, ("fwd", "bwd", "fwd+bwd"), (nb, nb, 2 * nb)):
             recs.append(make_record("conv", name, phase, {"minicnn": t["minicnn"], "numpy": t["numpy"],
                                                           "copy": ctx.copy(b_), "torch": t.get("torch"),
                                                           "torch_cl": t.get("torch_cl")},

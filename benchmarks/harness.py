@@ -101,6 +101,13 @@ def measure(fn, timing: Timing = Timing(), clock=time.perf_counter) -> Stats:
     return Stats.from_samples(samples, inner)
 
 
+def rotation(keys: list, r: int) -> list:
+    """``keys`` rotated left by ``r``: the order of round ``r`` when several
+    functions are timed in alternation, so none is always first."""
+    r %= len(keys)
+    return keys[r:] + keys[:r]
+
+
 def measure_interleaved(fns: dict, timings: dict, clock=time.perf_counter) -> dict:
     """Time several functions in alternation: ``{name: fn}`` and ``{name:
     Timing}`` -> ``{name: Stats}``.
@@ -126,8 +133,7 @@ def measure_interleaved(fns: dict, timings: dict, clock=time.perf_counter) -> di
     rounds = max(want.values())
     samples = {k: [] for k in keys}
     for r in range(rounds):
-        order = keys[r % len(keys):] + keys[:r % len(keys)]
-        for k in order:
+        for k in rotation(keys, r):
             if (r + 1) * want[k] // rounds > r * want[k] // rounds:     # want[k] of the rounds, evenly
                 fn, n = fns[k], inner[k]
                 t0 = clock()
@@ -135,6 +141,22 @@ def measure_interleaved(fns: dict, timings: dict, clock=time.perf_counter) -> di
                     fn()
                 samples[k].append((clock() - t0) / n)
     return {k: Stats.from_samples(samples[k], inner[k]) for k in keys}
+
+
+def measure_phases(calls: dict, timing: Timing, np_timing: Timing, before=None) -> list:
+    """Time the phases of one case: ``calls`` maps a column name to its
+    functions, one per phase (e.g. forward, backward, forward+backward) ->
+    one ``{name: Stats}`` per phase, each from :func:`measure_interleaved`
+    (column ``"numpy"`` timed with ``np_timing``, the others with
+    ``timing``).  ``before()``, if given, runs before each phase (e.g. a
+    forward pass, which a backward phase needs)."""
+    timings = {k: np_timing if k == "numpy" else timing for k in calls}
+    out = []
+    for k in range(len(next(iter(calls.values())))):
+        if before is not None:
+            before()
+        out.append(measure_interleaved({name: fns[k] for name, fns in calls.items()}, timings))
+    return out
 
 
 # -------------------------------------------------------- memory-copy roof

@@ -15,7 +15,7 @@ channels_last (forward under ``no_grad``; backward = ``autograd.grad``
 with a random upstream gradient, graph kept from one forward; forward+
 backward = both, fresh graph each call).  Per phase, minicnn, numpy and
 the two PyTorch layouts are sampled in alternation
-(``harness.measure_interleaved``), so the ratios compare the same minutes.
+(``harness.measure_phases``), so the ratios compare the same minutes.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import numpy as np
 
 import minicnn as mc
 from benchmarks import references as R
-from benchmarks.harness import log, measure_interleaved
+from benchmarks.harness import log, measure_phases
 from benchmarks.report import make_record
 
 SHAPES = [(64, 32, 28, 28), (64, 64, 14, 14), (128, 16, 24, 24)]
@@ -279,15 +279,14 @@ def run_case(case: PoolCase, ctx) -> list[dict]:
     if ctx.torch is not None and case.torch_forward is not None:
         calls["torch"] = _torch_calls(case, st, y.shape, g, ctx, channels_last=False)
         calls["torch_cl"] = _torch_calls(case, st, y.shape, g, ctx, channels_last=True)
-    timings = {k: ctx.np_timing if k == "numpy" else ctx.timing for k in calls}
+    times = measure_phases(calls, ctx.timing, ctx.np_timing,
+                           before=lambda: case.mc_forward(layer, st))     # backward needs a forward
 
     shape = "x".join(map(str, case.shape))
     common = dict(section="pooling", name=case.layer, config=case.config, shape=shape,
                   notes=case.notes, torch_kind=case.torch_kind if ctx.torch is not None else None)
     recs = []
-    for k, (phase, nb) in enumerate((("fwd", nb_f), ("bwd", nb_b), ("fwd+bwd", nb_f + nb_b))):
-        case.mc_forward(layer, st)                  # the backward phase needs a forward first
-        t = measure_interleaved({name: c[k] for name, c in calls.items()}, timings)
+    for t, phase, nb in zip(times, ("fwd", "bwd", "fwd+bwd"), (nb_f, nb_b, nb_f + nb_b)):
         recs.append(make_record(phase=phase, times={
             "minicnn": t["minicnn"], "copy": ctx.copy(nb), "numpy": t["numpy"],
             "torch": t.get("torch"), "torch_cl": t.get("torch_cl")}, **common))

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 import minicnn as mc
-from benchmarks.harness import Stats, Timing, log, measure_interleaved
+from benchmarks.harness import Stats, Timing, log, measure_interleaved, rotation
 from benchmarks.references import NumpyNet
 from benchmarks.report import make_record
 from minicnn.data import MNISTNotFoundError, batches, find_data_dir, load_mnist
@@ -110,7 +110,7 @@ def _epoch_times(fns, repeats):
     keys = list(fns)
     samples = {k: [] for k in keys}
     for r in range(repeats):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+        for k in rotation(keys, r):
             samples[k].append(_wall(fns[k]))
     return {k: Stats.from_samples(v) for k, v in samples.items()}
 

@@ -244,7 +244,8 @@ class MaxUnpool2D(_Pool):
         ok = np.empty(N * C, bool)
         run_kernel(K.maxunpool2d_forward, _planes(x), idx, y, ok, size=y.size)
         if not ok.all():                      # the kernel checked each plane's indices
-            lo, hi = idx[~ok].min(), idx[~ok].max()
+            in_bad_planes = idx[~ok]
+            lo, hi = in_bad_planes.min(), in_bad_planes.max()
             bad = lo if lo < 0 else hi
             raise ValueError(f"{self.name}: indices must lie in [0, {Ho * Wo}) for output size "
                              f"({Ho}, {Wo}), found index {bad}")
