@@ -8,6 +8,7 @@ from numba import njit
 import minicnn
 from minicnn.gradcheck import check_gradients, tie_free
 from minicnn.kernels import conv as K
+from minicnn.kernels import conv_direct as D
 from minicnn.layers.conv import Conv2D
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -82,34 +83,49 @@ def conv_cases(draw):
     return N, C, F, H, W, (kh, kw), (sh, sw), (ph, pw), seed
 
 
-def _layer64(C, F, k, s, p, rng):
+@st.composite
+def direct_cases(draw):
+    """Cases the direct algorithm can take: 3x3, stride 1, any padding,
+    odd and even filter counts, planes down to a single output cell."""
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    H = draw(st.integers(max(1, 3 - 2 * ph), 9))
+    W = draw(st.integers(max(1, 3 - 2 * pw), 9))
+    N, C, F = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return N, C, F, H, W, (3, 3), (1, 1), (ph, pw), seed
+
+
+# Conv2D.direct_max_taps for each algorithm: 0 turns the direct one off,
+# a huge value sends every 3x3 stride-1 layer to it.
+ALGORITHMS = {"im2col": 0, "direct": 10**6}
+
+
+def _layer64(C, F, k, s, p, rng, algorithm="im2col"):
     layer = Conv2D(C, F, k, stride=s, padding=p).astype(np.float64)
+    layer.direct_max_taps = ALGORITHMS[algorithm]
     layer.params["W"][...] = rng.standard_normal(layer.params["W"].shape)
     layer.params["b"][...] = rng.standard_normal(F)
     return layer
 
 
 # --------------------------------------------------------- forward and backward
-@SETTINGS
-@given(conv_cases())
-def test_forward_matches_naive(case):
+def _check_forward(case, algorithm):
     N, C, F, H, W, k, s, p, seed = case
     rng = np.random.default_rng(seed)
-    layer = _layer64(C, F, k, s, p, rng)
+    layer = _layer64(C, F, k, s, p, rng, algorithm)
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(x)
+    assert layer._direct == (algorithm == "direct" and k == (3, 3) and s == (1, 1))
     ref = naive_conv_forward(x, layer.params["W"], layer.params["b"], s, p)
     assert y.dtype == np.float64
     assert y.shape == ref.shape
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
 
 
-@SETTINGS
-@given(conv_cases())
-def test_backward_matches_naive(case):
+def _check_backward(case, algorithm):
     N, C, F, H, W, k, s, p, seed = case
     rng = np.random.default_rng(seed)
-    layer = _layer64(C, F, k, s, p, rng)
+    layer = _layer64(C, F, k, s, p, rng, algorithm)
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(x)
     dout = rng.standard_normal(y.shape)
@@ -119,6 +135,69 @@ def test_backward_matches_naive(case):
     np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(layer.grads["W"], rdw, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(layer.grads["b"], rdb, rtol=1e-12, atol=1e-12)
+    # backward_params (the first layer's call) gives the same dW and db
+    layer.grads["W"][...] = np.nan
+    layer.grads["b"][...] = np.nan
+    assert layer.backward_params(dout) is None
+    np.testing.assert_allclose(layer.grads["W"], rdw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["b"], rdb, rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(conv_cases())
+def test_forward_matches_naive(case):
+    _check_forward(case, "im2col")
+
+
+@SETTINGS
+@given(conv_cases())
+def test_backward_matches_naive(case):
+    _check_backward(case, "im2col")
+
+
+@SETTINGS
+@given(direct_cases())
+def test_direct_forward_matches_naive(case):
+    _check_forward(case, "direct")
+
+
+@SETTINGS
+@given(direct_cases())
+def test_direct_backward_matches_naive(case):
+    _check_backward(case, "direct")
+
+
+def test_direct_rule():
+    """The default rule: 3x3, stride 1, C_in*9 <= 36 (1 to 4 input channels)."""
+    assert Conv2D(1, 32, 3, padding=1).uses_direct(1)
+    assert Conv2D(4, 8, 3).uses_direct(4)
+    assert not Conv2D(5, 8, 3, padding=1).uses_direct(5)
+    assert not Conv2D(1, 8, 3, stride=2, padding=1).uses_direct(1)
+    assert not Conv2D(1, 8, 5, padding=2).uses_direct(1)
+    assert not Conv2D(1, 8, (3, 1)).uses_direct(1)
+
+
+@pytest.mark.parametrize("C, F, H", [(1, 8, 28), (1, 32, 28), (3, 5, 17)])
+def test_direct_float32_close_to_im2col(C, F, H):
+    """The training shapes in float32: the two algorithms differ only in
+    the order of the additions."""
+    rng = np.random.default_rng(5)
+    minicnn.manual_seed(5)
+    a = Conv2D(C, F, 3, padding=1)
+    b = Conv2D(C, F, 3, padding=1)
+    b.params["W"][...] = a.params["W"]
+    b.params["b"][...] = rng.standard_normal(F)
+    a.params["b"][...] = b.params["b"]
+    a.direct_max_taps, b.direct_max_taps = ALGORITHMS["direct"], ALGORITHMS["im2col"]
+    x = rng.standard_normal((16, C, H, H)).astype(np.float32)
+    ya, yb = a.forward(x), b.forward(x)
+    assert a._direct and not b._direct and ya.dtype == np.float32
+    np.testing.assert_allclose(ya, yb, rtol=1e-5, atol=1e-5)
+    g = rng.standard_normal(ya.shape).astype(np.float32)
+    np.testing.assert_allclose(a.backward(g), b.backward(g), rtol=1e-5, atol=1e-5)
+    for k in ("W", "b"):
+        ref = b.grads[k]
+        np.testing.assert_allclose(a.grads[k], ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
 
 def test_naive_reference_sanity():
@@ -130,19 +209,23 @@ def test_naive_reference_sanity():
     np.testing.assert_array_equal(y[0, 0], [[0.5, 1.5, 1.5], [2.5, 6.5, 4.5], [2.5, 5.5, 3.5]])
 
 
+@pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 @pytest.mark.parametrize("k, s, p, hw", [
     (3, 1, 1, (5, 6)),
+    (3, 1, (0, 2), (4, 3)),
     ((2, 3), 2, (1, 0), (7, 6)),
     (3, 3, 2, (4, 4)),          # stride == kernel: every input pixel in exactly one window
     (1, 2, 0, (5, 5)),          # stride > kernel: some pixels in no window -> dx exactly 0 there
 ])
-def test_check_gradients(k, s, p, hw):
+def test_check_gradients(k, s, p, hw, algorithm):
     rng = np.random.default_rng(0)
     minicnn.manual_seed(0)
     layer = Conv2D(2, 3, k, stride=s, padding=p)
+    layer.direct_max_taps = ALGORITHMS[algorithm]
     result = check_gradients(layer, tie_free((2, 2) + hw, rng))
     assert result.passed, result.errors
     assert set(result.errors) == {"x", "W", "b"}
+    assert layer._direct == (algorithm == "direct" and k == 3 and s == 1)
 
 
 # ------------------------------------------------- parallel == serial, bit for bit
@@ -191,6 +274,42 @@ def test_parallel_kernels_equal_serial(serial, case):
     serial["rows_from_nchw"](d, b)
     assert np.array_equal(a, b)
     np.testing.assert_array_equal(a, d.transpose(1, 0, 2).reshape(F, N * P))
+
+
+DIRECT_KERNELS = (("forward", {}), ("weight_grad", {"fastmath": {"reassoc"}}))
+
+
+@settings(max_examples=20, deadline=None)
+@given(direct_cases())
+def test_direct_kernels_parallel_equal_serial(case):
+    """The direct kernels, threaded and compiled serially, agree bit for bit
+    (the weight gradient's reassociated sums included).  NaN-filled outputs
+    and scratch: an entry a kernel forgets to write stays NaN and fails."""
+    N, C, F, H, W, _, _, (ph, pw), seed = case
+    rng = np.random.default_rng(seed)
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    Ho, Wo = Hp - 2, Wp - 2
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    g = rng.standard_normal((N, F, Ho, Wo)).astype(np.float32)
+
+    def run(k):
+        xp = np.full((N, C, Hp, Wp), np.nan, np.float32)
+        y = np.full((N, F, Ho, Wo), np.nan, np.float32)
+        k["forward"](x, ph, pw, w, b, xp, np.full((N, 2, Ho * Wp), np.nan, np.float32), y)
+        dw, db = np.full(w.shape, np.nan, np.float32), np.full(F, np.nan, np.float32)
+        k["weight_grad"](xp, g, np.full((F, Ho * Wp), np.nan, np.float32), dw, db)
+        return xp, y, dw, db
+
+    threaded = run({name: getattr(D, name) for name, _ in DIRECT_KERNELS})
+    serial = run({name: njit(parallel=False, **opts)(getattr(D, "_" + name)) for name, opts in DIRECT_KERNELS})
+    want_xp = np.zeros((N, C, Hp, Wp), np.float32)
+    want_xp[:, :, ph:ph + H, pw:pw + W] = x
+    np.testing.assert_array_equal(threaded[0], want_xp)
+    for a, s in zip(threaded, serial):
+        assert np.isfinite(a).all()
+        assert np.array_equal(a, s)
 
 
 def test_im2col_layout_against_definition():

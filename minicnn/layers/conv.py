@@ -17,8 +17,18 @@ with ``dY`` the upstream gradient laid out as (C_out, N*H_out*W_out)::
     dW = dY @ cols.T          db = dY.sum(axis=1)
     dx = col2im(Wm.T @ dY)    (each column entry added back where it came from)
 
-Measured choice: im2col + BLAS beats direct Numba loops for the channel
-counts minicnn trains (see benchmarks/).
+Two algorithms, the same sums (see benchmarks/README.md for the measurements
+behind the rule):
+
+* **im2col + BLAS** (above), the general path;
+* **direct** (:mod:`minicnn.kernels.conv_direct`): 3x3 kernels at stride 1
+  with ``C_in*9 <= Conv2D.direct_max_taps`` (the first layer of an image
+  net), where the GEMM's inner dimension is too short to pay for the
+  column matrix.  Forward and ``dW``/``db`` are computed straight from a
+  zero-padded copy of the input; ``dx``, when asked for, takes the GEMM
+  path's ``col2im(Wm.T @ dY)``, which needs no column matrix.
+
+The two differ only in the order of float additions.
 """
 from __future__ import annotations
 
@@ -27,6 +37,7 @@ import numbers
 import numpy as np
 
 from minicnn import seeding
+from minicnn.kernels import conv_direct
 from minicnn.kernels.conv import col2im, im2col, nchw_from_rows, rows_from_nchw
 from minicnn.layers.base import Layer
 from minicnn.layers.geometry import check_window, pair, window_output_shape
@@ -44,7 +55,13 @@ class Conv2D(Layer):
 
     He (Kaiming-normal) initialisation: ``W ~ N(0, 2 / fan_in)`` with
     ``fan_in = C_in*kH*kW``; ``b = 0``.  Zero padding.
+
+    ``direct_max_taps`` (class attribute, may be set per layer): a 3x3,
+    stride-1 layer with ``C_in*9`` at most this takes the direct algorithm
+    (module docstring); 0 turns it off.
     """
+
+    direct_max_taps = 36
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, name=None):
         super().__init__(name)
@@ -60,7 +77,9 @@ class Conv2D(Layer):
         self.params = {"W": (W * np.sqrt(2.0 / fan_in)).astype(np.float32),
                        "b": np.zeros(self.out_channels, np.float32)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-        self._cols = None      # cached im2col matrix (reused buffer)
+        self._cols = None      # im2col path: cached column matrix (reused buffer)
+        self._xp = None        # direct path: cached padded input (reused buffer)
+        self._direct = False   # which path the last forward took
         self._x_shape = None
 
     def config(self):
@@ -84,14 +103,28 @@ class Conv2D(Layer):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         Ho, Wo = window_output_shape(self.name, (H, W), self.kernel_size, self.stride, self.padding)
         dt = self.dtype
-        cols = self._buffer("_cols", (C * kh * kw, N * Ho * Wo), dt)
-        run_kernel(im2col, np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
-        y2d = self._buffer("_y2d", (self.out_channels, N * Ho * Wo), dt)
-        np.matmul(self.params["W"].reshape(self.out_channels, -1), cols, out=y2d)
-        y = np.empty((N, self.out_channels, Ho * Wo), dt)
-        run_kernel(nchw_from_rows, y2d, self.params["b"], y)
+        self._direct = self.uses_direct(C)
+        x = np.ascontiguousarray(x)
+        if self._direct:
+            y = np.empty((N, self.out_channels, Ho, Wo), dt)
+            xp = self._buffer("_xp", (N, C, H + 2 * ph, W + 2 * pw), dt)
+            acc = self._buffer("_acc", (N, 2, Ho * xp.shape[3]), dt)
+            run_kernel(conv_direct.forward, x, ph, pw, self.params["W"], self.params["b"], xp, acc, y,
+                       size=max(xp.size, y.size))
+        else:
+            cols = self._buffer("_cols", (C * kh * kw, N * Ho * Wo), dt)
+            run_kernel(im2col, x, kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
+            y2d = self._buffer("_y2d", (self.out_channels, N * Ho * Wo), dt)
+            np.matmul(self.params["W"].reshape(self.out_channels, -1), cols, out=y2d)
+            y = np.empty((N, self.out_channels, Ho * Wo), dt)
+            run_kernel(nchw_from_rows, y2d, self.params["b"], y)
         self._x_shape = x.shape
         return y.reshape(N, self.out_channels, Ho, Wo)
+
+    def uses_direct(self, in_channels):
+        """Whether forward takes the direct algorithm for this input."""
+        return (self.kernel_size == (3, 3) and self.stride == (1, 1)
+                and in_channels * 9 <= self.direct_max_taps)
 
     def backward(self, dout):
         return self._backward(dout, input_grad=True)
@@ -105,18 +138,26 @@ class Conv2D(Layer):
         N, C, H, W = self._x_shape
         F = self.out_channels
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        P = self._cols.shape[1] // N
         Ho, Wo = window_output_shape(self.name, (H, W), self.kernel_size, self.stride, self.padding)
+        P = Ho * Wo
         dout = self._check_dout(dout, (N, F, Ho, Wo))
         dt = self.dtype
+        dout = np.ascontiguousarray(dout, dtype=dt)
+        if self._direct:
+            gy = self._buffer("_gy", (F, Ho * self._xp.shape[3]), dt)
+            run_kernel(conv_direct.weight_grad, self._xp, dout, gy, self.grads["W"], self.grads["b"],
+                       size=dout.size)
+            if not input_grad:
+                return None
         d2 = self._buffer("_d2", (F, N * P), dt)
-        run_kernel(rows_from_nchw, np.ascontiguousarray(dout, dtype=dt).reshape(N, F, P), d2)
+        run_kernel(rows_from_nchw, dout.reshape(N, F, P), d2)
         Wm = self.params["W"].reshape(F, -1)
-        np.matmul(d2, self._cols.T, out=self.grads["W"].reshape(F, -1))
-        np.sum(d2, axis=1, out=self.grads["b"])
-        if not input_grad:
-            return None
-        dcols = self._buffer("_dcols", self._cols.shape, dt)
+        if not self._direct:
+            np.matmul(d2, self._cols.T, out=self.grads["W"].reshape(F, -1))
+            np.sum(d2, axis=1, out=self.grads["b"])
+            if not input_grad:
+                return None
+        dcols = self._buffer("_dcols", (C * kh * kw, N * P), dt)
         np.matmul(Wm.T, d2, out=dcols)
         dx = np.empty(self._x_shape, dt)
         run_kernel(col2im, dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
