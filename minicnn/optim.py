@@ -19,6 +19,9 @@ import math
 
 import numpy as np
 
+from minicnn.kernels.optim import adam_update
+from minicnn.threads import run_kernel
+
 
 class Optimizer:
     """Common bookkeeping: parameters, learning rate, state for checkpoints."""
@@ -114,18 +117,24 @@ class Adam(Optimizer):
         self.eps = float(eps)
 
     def _update(self, name, p, g, state):
+        """One pass over ``p`` (:func:`minicnn.kernels.optim.adam_update`):
+        the arithmetic of the numpy expressions ``m *= b1; m += (1 - b1)*g;
+        v *= b2; v += (1 - b2)*(g*g); p -= lr/(1 - b1**t) * m /
+        (sqrt(v/(1 - b2**t)) + eps)`` in ``p``'s dtype, bit for bit."""
         b1, b2 = self.betas
-        if "m" not in state:
-            state["m"] = np.zeros_like(p)
-            state["v"] = np.zeros_like(p)
-        m, v = state["m"], state["v"]
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * (g * g)
+        if not p.flags.c_contiguous:
+            raise ValueError(f"Adam: parameter {name} must be C-contiguous to be updated in place")
+        for k in ("m", "v"):
+            if k not in state:
+                state[k] = np.zeros_like(p)
+            elif state[k].dtype != p.dtype or not state[k].flags.c_contiguous:
+                state[k] = np.ascontiguousarray(state[k], dtype=p.dtype)
+        g = np.ascontiguousarray(g, dtype=p.dtype)
         t = self.steps
-        step = self.lr / (1 - b1 ** t)
-        p -= (step * m / (np.sqrt(v / (1 - b2 ** t)) + self.eps)).astype(p.dtype, copy=False)
+        dt = p.dtype.type
+        run_kernel(adam_update, p.reshape(-1), g.reshape(-1), state["m"].reshape(-1), state["v"].reshape(-1),
+                   dt(b1), dt(1 - b1), dt(b2), dt(1 - b2), dt(self.lr / (1 - b1 ** t)), dt(1 - b2 ** t),
+                   dt(self.eps))
 
 
 class OneCycleLR:
