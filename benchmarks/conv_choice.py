@@ -1,17 +1,20 @@
-"""Why Conv2D is im2col + BLAS: the measurement behind the choice.
+"""Which Conv2D algorithm when: the measurements behind the rule.
 
     python -m benchmarks.conv_choice [--repeats 7]
 
-Times forward + backward of the convolutions minicnn trains (the default
-model's and the LeNet's), three ways, in one run:
+Float32, batch 64, 3x3 padding 1, in one run:
 
-* ``im2col+BLAS``: minicnn's Conv2D (Numba im2col/col2im + one GEMM per pass);
-* ``numba direct``: straightforward parallel Numba loops written here for
-  the comparison (prange over output planes; dW prange over filters);
-* ``torch``: PyTorch CPU, when it can be imported.
-
-The direct loops are correct (checked against Conv2D before timing) but
-not part of the library: they lost.
+1. minicnn's two algorithms, on the work of a first layer (forward, then
+   ``dW`` and ``db`` only: ``backward_params``), timed in alternation:
+   ``im2col+BLAS`` (``Conv2D.direct_max_taps = 0``) and ``direct``
+   (:mod:`minicnn.kernels.conv_direct`), for 1 to 8 input channels.  The
+   rule ``C_in*9 <= Conv2D.direct_max_taps`` comes from this table.
+2. Forward + full backward (with ``dx``) of the four layers minicnn trains,
+   shipped algorithm against straightforward parallel Numba loops written
+   here for the comparison (prange over output planes; dW prange over
+   filters) and PyTorch CPU when it can be imported.  The loops are correct
+   (checked against Conv2D before timing) but not part of the library:
+   they lost by 8-23x.
 """
 from __future__ import annotations
 
@@ -94,8 +97,50 @@ def _median_ms(fn, repeats):
     return 1e3 * statistics.median(times)
 
 
+def _alternating_ms(fns, repeats, calls=10):
+    """``{name: fn}`` -> ``{name: median ms}``: ``repeats`` rounds, each
+    timing every fn over ``calls`` calls, the order alternating."""
+    keys = list(fns)
+    for fn in fns.values():
+        fn()
+    samples = {k: [] for k in keys}
+    for r in range(repeats):
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            t = time.perf_counter()
+            for _ in range(calls):
+                fns[k]()
+            samples[k].append((time.perf_counter() - t) / calls)
+    return {k: 1e3 * statistics.median(v) for k, v in samples.items()}
+
+
+def first_layer_table(rng, repeats):
+    """Forward + backward_params, im2col+BLAS against direct."""
+    print("\nfirst-layer work (forward + dW, db), float32, batch 64, 3x3 p1; "
+          f"median of {repeats} rounds of 10 calls, alternating")
+    print("| shape | C_in*9 | im2col+BLAS ms | direct ms | direct / im2col |")
+    print("|---|---|---|---|---|")
+    for (C, F, H) in [(1, 8, 28), (1, 32, 28), (2, 16, 28), (3, 16, 32), (3, 64, 32), (4, 16, 28),
+                      (4, 16, 14), (8, 16, 14)]:
+        x = rng.standard_normal((64, C, H, H)).astype(np.float32)
+        dout = rng.standard_normal((64, F, H, H)).astype(np.float32)
+        layers = {}
+        for name, taps in (("im2col", 0), ("direct", 10**6)):
+            layers[name] = layer = Conv2D(C, F, 3, padding=1)
+            layer.direct_max_taps = taps
+        layers["direct"].params["W"][...] = layers["im2col"].params["W"]
+        ya, yb = layers["im2col"].forward(x), layers["direct"].forward(x)
+        assert layers["direct"]._direct and not layers["im2col"]._direct
+        assert np.allclose(ya, yb, rtol=1e-4, atol=1e-4)
+
+        def work(layer):
+            return lambda: (layer.forward(x), layer.backward_params(dout))
+        ms = _alternating_ms({k: work(v) for k, v in layers.items()}, repeats)
+        print(f"| N64 {C}->{F} {H}x{H} | {9 * C} | {ms['im2col']:.2f} | {ms['direct']:.2f} | "
+              f"{ms['direct'] / ms['im2col']:.2f}x |")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="im2col+BLAS vs direct Numba loops for Conv2D")
+    p = argparse.ArgumentParser(description="Conv2D algorithms: im2col+BLAS, direct, naive loops")
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args(argv)
     try:
@@ -103,6 +148,7 @@ def main(argv=None):
     except ImportError:
         torch = None
     rng = np.random.default_rng(0)
+    first_layer_table(rng, args.repeats)
     rows = []
     for (N, C, F, H) in [(64, 1, 32, 28), (64, 32, 64, 14), (64, 1, 8, 28), (64, 8, 16, 14)]:
         layer = Conv2D(C, F, 3, padding=1)
@@ -126,8 +172,8 @@ def main(argv=None):
             direct_forward(x, w, b, 1, out)
             direct_backward(x, w, dout, 1, dx, dw)
         row = {"shape": f"N{N} {C}->{F} {H}x{H} k3 p1",
-               "im2col+BLAS ms": _median_ms(ours, args.repeats),
-               "numba direct ms": _median_ms(direct, args.repeats)}
+               "minicnn ms": _median_ms(ours, args.repeats),
+               "naive loops ms": _median_ms(direct, args.repeats)}
         if torch is not None:
             xt = torch.tensor(x, requires_grad=True)
             conv = torch.nn.Conv2d(C, F, 3, padding=1)
@@ -138,15 +184,15 @@ def main(argv=None):
             row["torch ms"] = _median_ms(tor, args.repeats)
         rows.append(row)
     import numba
-    print(f"conv forward+backward, float32, median of {args.repeats}; numba threads "
+    print(f"\nconv forward+backward (with dx), float32, median of {args.repeats}; numba threads "
           f"{numba.get_num_threads()} ({numba.threading_layer()})"
           + (f", torch threads {torch.get_num_threads()}" if torch is not None else ""))
     cols = list(rows[0])
-    print("| " + " | ".join(cols) + " | direct / im2col |")
+    print("| " + " | ".join(cols) + " | loops / minicnn |")
     print("|" + "---|" * (len(cols) + 1))
     for r in rows:
         cells = [r["shape"]] + [f"{r[c]:.2f}" for c in cols[1:]]
-        print("| " + " | ".join(cells) + f" | {r['numba direct ms'] / r['im2col+BLAS ms']:.1f}x |")
+        print("| " + " | ".join(cells) + f" | {r['naive loops ms'] / r['minicnn ms']:.1f}x |")
 
 
 if __name__ == "__main__":
