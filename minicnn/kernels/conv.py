@@ -46,24 +46,27 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, H_out, W_out, cols):
       set to 0 (:func:`_shifted_plane`);
     * otherwise output row by output row (:func:`_strided_rows`).
 
-    Parallel contract: prange over the (row r, sample n) pairs; iteration
-    ``(r, n)`` writes only ``cols[r, n*H_out*W_out:(n+1)*H_out*W_out]``,
-    so iterations never race.
+    Parallel contract: prange over the (channel c, sample n) pairs;
+    iteration ``(c, n)`` writes only the blocks
+    ``cols[(c*kh + i)*kw + j, n*H_out*W_out:(n+1)*H_out*W_out]`` of its
+    channel's kh*kw rows, so iterations never race.  (One iteration per
+    (row, sample) pair instead cost ~25 % more on 14x14 planes: 4,608 tiny
+    tasks for 8 channels at batch 64.)
     """
     N, C, H, W = x.shape
     flat = sh == 1 and sw == 1 and W_out == W
     xf = x.reshape((N, C, H * W))
-    for t in prange(C * kh * kw * N):
-        r = t // N
+    P = H_out * W_out
+    for t in prange(C * N):
+        c = t // N
         n = t % N
-        c = r // (kh * kw)
-        i = (r // kw) % kh
-        j = r % kw
-        dst = cols[r, n * H_out * W_out:(n + 1) * H_out * W_out]
-        if flat:
-            _shifted_plane(xf[n, c], i - ph, j - pw, H_out, W, dst)
-        else:
-            _strided_rows(x[n, c], i - ph, j - pw, sh, sw, H_out, W_out, dst)
+        for i in range(kh):
+            for j in range(kw):
+                dst = cols[(c * kh + i) * kw + j, n * P:(n + 1) * P]
+                if flat:
+                    _shifted_plane(xf[n, c], i - ph, j - pw, H_out, W, dst)
+                else:
+                    _strided_rows(x[n, c], i - ph, j - pw, sh, sw, H_out, W_out, dst)
 
 
 @njit(cache=True, inline="always")
