@@ -25,6 +25,7 @@ import time
 import numpy as np
 from numba import njit, prange
 
+from benchmarks.harness import Timing, measure_interleaved
 from minicnn.layers.conv import Conv2D
 
 
@@ -97,26 +98,10 @@ def _median_ms(fn, repeats):
     return 1e3 * statistics.median(times)
 
 
-def _alternating_ms(fns, repeats, calls=10):
-    """``{name: fn}`` -> ``{name: median ms}``: ``repeats`` rounds, each
-    timing every fn over ``calls`` calls, the order alternating."""
-    keys = list(fns)
-    for fn in fns.values():
-        fn()
-    samples = {k: [] for k in keys}
-    for r in range(repeats):
-        for k in (keys if r % 2 == 0 else keys[::-1]):
-            t = time.perf_counter()
-            for _ in range(calls):
-                fns[k]()
-            samples[k].append((time.perf_counter() - t) / calls)
-    return {k: 1e3 * statistics.median(v) for k, v in samples.items()}
-
-
 def first_layer_table(rng, repeats):
     """Forward + backward_params, im2col+BLAS against direct."""
     print("\nfirst-layer work (forward + dW, db), float32, batch 64, 3x3 p1; "
-          f"median of {repeats} rounds of 10 calls, alternating")
+          f"median of {repeats} alternating rounds (harness.measure_interleaved)")
     print("| shape | C_in*9 | im2col+BLAS ms | direct ms | direct / im2col |")
     print("|---|---|---|---|---|")
     for (C, F, H) in [(1, 8, 28), (1, 32, 28), (2, 16, 28), (3, 16, 32), (3, 64, 32), (4, 16, 28),
@@ -134,7 +119,9 @@ def first_layer_table(rng, repeats):
 
         def work(layer):
             return lambda: (layer.forward(x), layer.backward_params(dout))
-        ms = _alternating_ms({k: work(v) for k, v in layers.items()}, repeats)
+        fns = {k: work(v) for k, v in layers.items()}
+        stats = measure_interleaved(fns, {k: Timing(repeats=repeats) for k in fns})
+        ms = {k: 1e3 * st.median for k, st in stats.items()}
         print(f"| N64 {C}->{F} {H}x{H} | {9 * C} | {ms['im2col']:.2f} | {ms['direct']:.2f} | "
               f"{ms['direct'] / ms['im2col']:.2f}x |")
 
