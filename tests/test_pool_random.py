@@ -496,3 +496,44 @@ def test_fractional_nan_propagates_like_torch():
         _random_samples=torch.tensor(layer.samples))
     np.testing.assert_array_equal(y, yt.numpy())          # NaN positions equal too
     np.testing.assert_array_equal(idx, it.numpy())
+
+
+def _fractional_by_windows(x, rows, cols, k, out, argmax):
+    """The general window-by-window kernel on every plane (the reference for
+    the written-out 2x2 and 3x3 paths)."""
+    N, C, H, W = x.shape
+    T = k[0] * k[1]
+    taps = np.array([(t // k[1]) * W + t % k[1] for t in range(T)], np.int64)
+    P = N * C
+    plane = njit(K._fractional_plane.py_func)
+    for p in range(P):
+        plane(x.reshape(P, H * W), p, rows.reshape(P, -1), cols.reshape(P, -1), W, taps,
+              out.reshape((P,) + out.shape[2:]), argmax.reshape((P,) + out.shape[2:]))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fractional_written_out_paths_equal_general_kernel(k, dtype):
+    """Kernels 2x2 and 3x3 take written-out taps with branch-free selects;
+    values, indices and NaN handling (a plane with a NaN goes the general
+    way) equal the general kernel's bit for bit, on ties, signed zeros,
+    infinities and NaNs, threaded and serial."""
+    rng = np.random.default_rng(23 + k)
+    N, C, H, W = 3, 4, 11, 9
+    x = rng.choice(np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, 2.5], dtype), (N, C, H, W))
+    x[0, 1, 3, 4] = np.nan
+    x[1, 2, 0, 0] = x[1, 2, 5, 5] = np.nan
+    x[2] = rng.standard_normal((C, H, W))
+    oh, ow = 6, 5
+    rows = K.fractional_intervals(rng.random((N, C)), H, oh, k)
+    cols = K.fractional_intervals(rng.random((N, C)), W, ow, k)
+    want_y = np.empty((N, C, oh, ow), dtype)
+    want_i = np.empty((N, C, oh, ow), np.int64)
+    _fractional_by_windows(x, rows, cols, (k, k), want_y, want_i)
+    for kernel in (K.fractional_max_forward, njit(K._fractional_max_forward)):
+        y = np.empty_like(want_y)
+        idx = np.empty_like(want_i)
+        kernel(x, rows, cols, k, k, y, idx)
+        np.testing.assert_array_equal(idx, want_i)
+        np.testing.assert_array_equal(y.view(np.uint8), want_y.view(np.uint8))
+    assert np.isnan(want_y[0, 1]).any() and np.isnan(want_y[1, 2]).any()

@@ -15,6 +15,8 @@ iteration reads and writes only its own plane.
 import numpy as np
 from numba import njit, prange
 
+from minicnn.kernels.max_pooling import _has_nan, _max9
+
 
 # ------------------------------------------------------------ stochastic pooling
 # Window (i, j) covers rows [i*sh, i*sh + kh) and columns [j*sw, j*sw + kw)
@@ -173,6 +175,54 @@ def fractional_intervals(u, in_size, out_size, pool):
     return seq
 
 
+@njit(cache=True)
+def _fractional_plane(xf, p, rf, cf, W, taps, of, af):
+    """Plane ``p`` of :func:`_fractional_max_forward` (planes of width ``W``
+    seen flat), window by window over the row-major tap offsets ``taps``
+    (any kernel size, any values)."""
+    plane = xf[p]
+    T = taps.shape[0]
+    for i in range(of.shape[1]):
+        row0 = rf[p, i] * W
+        for j in range(of.shape[2]):
+            k0 = row0 + cf[p, j]
+            best = plane[k0]
+            best_k = k0
+            nan = best != best
+            for t in range(1, T):
+                k = k0 + taps[t]
+                v = plane[k]
+                if v > best:
+                    best = v
+                    best_k = k
+                nan |= v != v
+            if nan:                   # rare: the last NaN in scan order wins
+                for t in range(T):
+                    k = k0 + taps[t]
+                    if plane[k] != plane[k]:
+                        best = plane[k]
+                        best_k = k
+            of[p, i, j] = best
+            af[p, i, j] = best_k
+
+
+@njit(cache=True, inline='always')
+def _max4(a, b, c, d):
+    """``(best, k)``: the first maximum of the taps a, b, c, d (row-major
+    2x2 window, tap ``k = 2*i + j``) by ``v > best``; NaN is not looked for."""
+    best, k = a, 0
+    gt = b > best
+    best = b if gt else best
+    k = 1 if gt else k
+    gt = c > best
+    best = c if gt else best
+    k = 2 if gt else k
+    gt = d > best
+    best = d if gt else best
+    k = 3 if gt else k
+    return best, k
+
+
 def _fractional_max_forward(x, rows, cols, kh, kw, out, argmax):
     """Fractional max pooling (Graham 2014) over given window starts.
 
@@ -187,14 +237,19 @@ def _fractional_max_forward(x, rows, cols, kh, kw, out, argmax):
     row-major scan order; NaN propagates (``v > best or isnan(v)``, as in
     PyTorch).  Backward (``argmax_backward``): ``dx[argmax] += dout``.
 
-    How: each plane is read as a flat row of H*W cells and the window's
-    taps as offsets ``dh * W + dw`` from its top-left cell, listed once in
-    row-major order, so the hot loop is one short loop of kh*kw taps.  It
-    keeps the first maximum with a plain ``v > best`` (NaN never wins that
-    comparison) and notes whether a NaN was seen; only then is the window
-    scanned again for its last NaN.  Same result as the ``v > best or
-    isnan(v)`` scan, without its unpredictable branch (5x faster, see
-    benchmarks/README.md).
+    How (general kernel size, :func:`_fractional_plane`): each plane is read
+    as a flat row of H*W cells and the window's taps as offsets
+    ``dh * W + dw`` from its top-left cell, listed once in row-major order.
+    It keeps the first maximum with a plain ``v > best`` (NaN never wins
+    that comparison) and notes whether a NaN was seen; only then is the
+    window scanned again for its last NaN.  Same result as the
+    ``v > best or isnan(v)`` scan, without its unpredictable branch (5x
+    faster, see benchmarks/README.md).
+    Kernel 2x2 and 3x3 (the common ones): the taps are written out and the
+    first maximum is kept with branch-free selects (:func:`_max4`,
+    :func:`~minicnn.kernels.max_pooling._max9`), the way the window-pooling
+    kernels do; a plane holding a NaN (found by one pass over it, rare)
+    takes the general path.  Same result bit for bit, 2-3x faster.
     Parallel contract: prange over the N*C planes; iteration p writes only
     plane p of ``out`` and ``argmax``.
     """
@@ -203,6 +258,7 @@ def _fractional_max_forward(x, rows, cols, kh, kw, out, argmax):
     oW = out.shape[3]
     P = N * C
     xf = x.reshape((P, H * W))
+    xp = x.reshape((P, H, W))
     rf = rows.reshape((P, oH))
     cf = cols.reshape((P, oW))
     of = out.reshape((P, oH, oW))
@@ -211,30 +267,33 @@ def _fractional_max_forward(x, rows, cols, kh, kw, out, argmax):
     taps = np.empty(T, np.int64)          # row-major tap offsets in the flat plane
     for t in range(T):
         taps[t] = (t // kw) * W + t % kw
-    for p in prange(P):
-        plane = xf[p]
-        for i in range(oH):
-            row0 = rf[p, i] * W
-            for j in range(oW):
-                k0 = row0 + cf[p, j]
-                best = plane[k0]
-                best_k = k0
-                nan = best != best
-                for t in range(1, T):
-                    k = k0 + taps[t]
-                    v = plane[k]
-                    if v > best:
-                        best = v
-                        best_k = k
-                    nan |= v != v
-                if nan:                   # rare: the last NaN in scan order wins
-                    for t in range(T):
-                        k = k0 + taps[t]
-                        if plane[k] != plane[k]:
-                            best = plane[k]
-                            best_k = k
-                of[p, i, j] = best
-                af[p, i, j] = best_k
+    if kh == 2 and kw == 2:
+        for p in prange(P):
+            if _has_nan(xf, p):
+                _fractional_plane(xf, p, rf, cf, W, taps, of, af)
+                continue
+            for i in range(oH):
+                r = rf[p, i]
+                for j in range(oW):
+                    q = cf[p, j]
+                    best, k = _max4(xp[p, r, q], xp[p, r, q + 1], xp[p, r + 1, q], xp[p, r + 1, q + 1])
+                    of[p, i, j] = best
+                    af[p, i, j] = (r + k // 2) * W + q + k % 2
+    elif kh == 3 and kw == 3:
+        for p in prange(P):
+            if _has_nan(xf, p):
+                _fractional_plane(xf, p, rf, cf, W, taps, of, af)
+                continue
+            for i in range(oH):
+                r = rf[p, i]
+                for j in range(oW):
+                    q = cf[p, j]
+                    best, k = _max9(xp, p, r, r + 1, r + 2, q, q + 1, q + 2)
+                    of[p, i, j] = best
+                    af[p, i, j] = (r + k // 3) * W + q + k % 3
+    else:
+        for p in prange(P):
+            _fractional_plane(xf, p, rf, cf, W, taps, of, af)
 
 
 stochastic_pool_forward = njit(parallel=True, cache=True)(_stochastic_pool_forward)
