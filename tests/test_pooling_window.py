@@ -323,6 +323,7 @@ def _kernel_cases(rng):
         "maxpool2d_forward dilated": ((x, 3, 2, 2, 1, 1, 1, 2, 1), (y, am)),
         "maxpool2d_2x2_forward": ((x,), (y[:, :8, :6], am[:, :8, :6])),
         "maxpool2d_3x3_forward": ((x, 2, 2, 1, 1), (y, am)),
+        "maxpool2d_3x3s2_forward": ((np.ascontiguousarray(x[:, :, :12]), 1), (y[:, :, :6], am[:, :, :6])),
         "maxpool2d_backward": ((dout, am), (x,)),
         "avgpool2d_forward": ((x, 3, 3, 2, 2, 1, 1, False, 0), (y,)),
         "avgpool2d_2x2_forward": ((x, 4), (y[:, :8, :6],)),
@@ -485,6 +486,64 @@ def test_3x3_max_kernel_equals_general_kernel(dtype, H, W, s, p, ceil):
     y_ref, idx_ref = naive_maxpool(x[None].astype(np.float64), (3, 3), s, p, ceil=ceil)
     np.testing.assert_array_equal(outs[0][0], y_ref[0])
     np.testing.assert_array_equal(outs[0][1], idx_ref[0])
+
+
+# (H, W, row padding) for the separable 3x3 stride-2 kernel (even W, column
+# padding 1): one-row and two-row planes, odd and even H, the model shapes
+GEOMETRIES_3x3S2 = [(1, 2, 1), (2, 2, 1), (2, 4, 1), (3, 4, 0), (4, 2, 0), (7, 10, 1),
+                    (8, 8, 1), (9, 12, 0), (14, 14, 1), (24, 24, 1), (28, 28, 1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H, W, ph", GEOMETRIES_3x3S2)
+def test_3x3s2_max_kernel_equals_general_kernel(dtype, H, W, ph):
+    """The separable 3x3 stride-2 kernel (rows first, then columns, in long
+    vectorised loops) gives the general kernel's values and indices bit for
+    bit: ties (many), signed zeros, infinities, NaN planes (the general
+    path), threaded and serial."""
+    from minicnn.layers.geometry import output_size
+    rng = np.random.default_rng(H * 100 + W + ph)
+    x = tie_heavy((10, H, W), rng, special=False).astype(dtype)
+    x[1] = -np.inf
+    x[2, 0, 0] = np.nan
+    x[3, H // 2, W // 2] = np.nan
+    x[4, -1, :] = np.nan
+    x[5] = 1.0
+    x[6] = rng.choice(np.array([0.0, -0.0], dtype), (H, W))    # -0.0 == 0.0: the first one wins
+    x[7] = rng.choice(np.array([np.inf, -np.inf, 0.0, -0.0, 2.0], dtype), (H, W))
+    x[8] = rng.standard_normal((H, W))
+    Ho = output_size(H, 3, 2, ph, 1, False)
+    Wo = output_size(W, 3, 2, 1, 1, False)
+    assert Wo == W // 2
+    want = (np.full((10, Ho, Wo), 7, dtype), np.full((10, Ho, Wo), 7, np.int64))
+    K.maxpool2d_forward(x, 3, 3, 2, 2, ph, 1, 1, 1, *want)
+    for kernel in (K.maxpool2d_3x3s2_forward, njit(K._maxpool2d_3x3s2_forward)):
+        got = (np.full((10, Ho, Wo), 7, dtype), np.full((10, Ho, Wo), 7, np.int64))
+        kernel(x, ph, *got)
+        assert got[0].tobytes() == want[0].tobytes()
+        assert got[1].tobytes() == want[1].tobytes()
+
+
+def test_3x3s2_max_kernel_is_used_where_it_applies(monkeypatch):
+    """MaxPool2D(3, 2, 1) on an even width takes the separable kernel; ceil
+    mode (an extra output column), an odd width and other paddings do not."""
+    import minicnn.layers.pooling as LP
+    calls = []
+    real = K.maxpool2d_3x3s2_forward
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+    monkeypatch.setattr(LP.K, "maxpool2d_3x3s2_forward", spy)
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 10)).astype(np.float32)
+    MaxPool2D(3, 2, 1).forward(x)
+    MaxPool2D(3, 2, (0, 1)).forward(x)
+    assert len(calls) == 2
+    MaxPool2D(3, 2, 1, ceil_mode=True).forward(x)
+    MaxPool2D(3, 2, 1).forward(x[..., :9])
+    MaxPool2D(3, 2, 0).forward(x)
+    MaxPool2D(3, 2, (1, 0)).forward(x)
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

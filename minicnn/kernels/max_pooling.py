@@ -171,6 +171,124 @@ def _maxpool2d_3x3_forward(x, sh, sw, ph, pw, out, argmax):
                                      + min(max(w + k % 3, 0), W - 1))
 
 
+@njit(cache=True, inline='always')
+def _first_max3(a, b, c, ia, ib, ic):
+    """``(best, index)``: the first maximum of the taps a, b, c (in that
+    order, ``v > best``; NaN is not looked for) and the index given with
+    it.  Branch-free selects, so loops of it vectorise."""
+    best, k = a, ia
+    gt = b > best
+    best = b if gt else best
+    k = ib if gt else k
+    gt = c > best
+    best = c if gt else best
+    k = ic if gt else k
+    return best, k
+
+
+@njit(cache=True)
+def _maxpool_3x3s2_plane(plane, H, W, ph, e, o, hm, hk, vv, vi, out_v, out_i):
+    """One plane of :func:`_maxpool2d_3x3s2_forward`; False (nothing
+    written) if the plane holds a NaN.
+
+    ``plane`` (H*W,) flat, W even; scratch ``e, o, hm, vv`` (H*W/2,) of the
+    plane's dtype and ``hk, vi`` (H*W/2,) int64; ``out_v, out_i``
+    (H_out*W/2,) flat output plane.  With ``Wh = W/2`` and ``m = r*Wh + j``
+    (row r, output column j), every pass is one long loop over ``m`` that
+    the compiler vectorises:
+
+    1. ``e[m] = x[r, 2j]``, ``o[m] = x[r, 2j+1]`` (with W even, the flat
+       plane's even and odd cells), noting any NaN;
+    2. row winners: window column j of row r covers columns 2j-1, 2j,
+       2j+1, i.e. ``o[m-1], e[m], o[m]``: ``hm[m]`` its first maximum and
+       ``hk[m]`` that cell's flat index (column -1 is padding: the j = 0
+       entries are redone with only the two cells inside);
+    3. column winners: for every centre row c in 1 .. H-2, ``vv[m]`` is the
+       first maximum of the row winners of rows c-1, c, c+1 (``hm[m-Wh],
+       hm[m], hm[m+Wh]``) and ``vi[m]`` its flat index (every row, though
+       only every other one is an output row: half the work is thrown away,
+       but the loop is one long vectorised run);
+    4. output row ``oh`` is centre row ``2*oh - ph + 1``: copied from
+       ``vv, vi``; a centre row on the plane's edge (padding above or
+       below) takes the rows inside, repeated (the clamp of
+       :func:`_maxpool2d_3x3_forward`).
+
+    Rows first, then columns, gives the row-major first maximum: the first
+    row holding the window's maximum, and in it the first column.
+    """
+    Wh = W // 2
+    n = H * Wh
+    nan = False
+    for m in range(n):
+        a = plane[2 * m]
+        b = plane[2 * m + 1]
+        e[m] = a
+        o[m] = b
+        nan |= (a != a) | (b != b)
+    if nan:
+        return False
+    for m in range(1, n):
+        hm[m], hk[m] = _first_max3(o[m - 1], e[m], o[m], 2 * m - 1, 2 * m, 2 * m + 1)
+    for r in range(H):
+        m = r * Wh
+        hm[m], hk[m] = _first_max3(e[m], e[m], o[m], 2 * m, 2 * m, 2 * m + 1)
+    up, mid, dn = hm[:n - 2 * Wh], hm[Wh:n - Wh], hm[2 * Wh:]    # rows c-1, c, c+1
+    kup, kmid, kdn = hk[:n - 2 * Wh], hk[Wh:n - Wh], hk[2 * Wh:]
+    vvm, vim = vv[Wh:n - Wh], vi[Wh:n - Wh]
+    for j in range(n - 2 * Wh):
+        vvm[j], vim[j] = _first_max3(up[j], mid[j], dn[j], kup[j], kmid[j], kdn[j])
+    for oh in range(out_v.shape[0] // Wh):
+        c = 2 * oh - ph + 1
+        if 1 <= c <= H - 2:
+            for j in range(Wh):
+                out_v[oh * Wh + j] = vv[c * Wh + j]
+                out_i[oh * Wh + j] = vi[c * Wh + j]
+        else:                                   # padding above or below: rows clamped in
+            r0, r1, r2 = max(c - 1, 0) * Wh, min(max(c, 0), H - 1) * Wh, min(c + 1, H - 1) * Wh
+            for j in range(Wh):
+                out_v[oh * Wh + j], out_i[oh * Wh + j] = _first_max3(
+                    hm[r0 + j], hm[r1 + j], hm[r2 + j], hk[r0 + j], hk[r1 + j], hk[r2 + j])
+    return True
+
+
+def _maxpool2d_3x3s2_forward(x, ph, out, argmax):
+    """:func:`_maxpool2d_forward` for a 3x3 window, stride 2, no dilation,
+    column padding 1 and row padding ``ph`` (0 or 1), on planes of even
+    width W with ``W_out = W/2`` (floor mode; AlexNet-style overlapping
+    pooling): same shapes, same rule, same result bit for bit.
+
+    Separable, in long vectorised loops over each plane
+    (:func:`_maxpool_3x3s2_plane`); a plane holding a NaN (rare) goes window
+    by window through :func:`_max_window`, which applies the NaN rule.
+
+    Parallel: the P planes are cut into ``n_chunks`` runs of consecutive
+    planes, and ``prange`` is over the runs; iteration ``c`` writes only
+    its planes of ``out`` and ``argmax`` and row ``c`` of the scratch
+    arrays (allocated once, before the loop).
+    H_out, W_out: ``geometry.output_size`` (read from the output's shape).
+    """
+    P, H, W = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    n = H * (W // 2)
+    xf = x.reshape((P, H * W))
+    of = out.reshape((P, H_out * W_out))
+    af = argmax.reshape((P, H_out * W_out))
+    n_chunks = min(P, 64)
+    e = np.empty((n_chunks, n), x.dtype)
+    o = np.empty((n_chunks, n), x.dtype)
+    hm = np.empty((n_chunks, n), x.dtype)
+    vv = np.empty((n_chunks, n), x.dtype)
+    hk = np.empty((n_chunks, n), np.int64)
+    vi = np.empty((n_chunks, n), np.int64)
+    i0s, i1s = _tap_ranges(H_out, 3, 2, ph, 1, H)
+    j0s, j1s = _tap_ranges(W_out, 3, 2, 1, 1, W)
+    for c in prange(n_chunks):
+        for p in range(c * P // n_chunks, (c + 1) * P // n_chunks):
+            if not _maxpool_3x3s2_plane(xf[p], H, W, ph, e[c], o[c], hm[c], hk[c], vv[c], vi[c],
+                                        of[p], af[p]):
+                _maxpool_plane(x, p, 2, 2, ph, 1, 1, 1, i0s, i1s, j0s, j1s, out, argmax)
+
+
 def _maxpool2d_2x2_forward(x, out, argmax):
     """:func:`_maxpool2d_forward` for kernel 2x2, stride 2, no padding, no
     dilation, every window full (``2*H_out <= H``, ``2*W_out <= W``).
@@ -291,6 +409,7 @@ def _maxunpool2d_backward(dout, indices, dx):
 maxpool2d_forward = njit(parallel=True, cache=True)(_maxpool2d_forward)
 maxpool2d_2x2_forward = njit(parallel=True, cache=True)(_maxpool2d_2x2_forward)
 maxpool2d_3x3_forward = njit(parallel=True, cache=True)(_maxpool2d_3x3_forward)
+maxpool2d_3x3s2_forward = njit(parallel=True, cache=True)(_maxpool2d_3x3s2_forward)
 maxpool2d_backward = njit(parallel=True, cache=True)(_maxpool2d_backward)
 maxunpool2d_forward = njit(parallel=True, cache=True)(_maxunpool2d_forward)
 maxunpool2d_backward = njit(parallel=True, cache=True)(_maxunpool2d_backward)

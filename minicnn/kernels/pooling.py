@@ -4,7 +4,7 @@ One import point for the layers (``from minicnn.kernels import pooling as K``).
 The kernels live in one small module per pooling type, the conventions they
 share (planes, geometry, parallel contract) in :mod:`minicnn.kernels.window`::
 
-    max_pooling     max pooling (general, 2x2, 3x3), its backward, max unpooling
+    max_pooling     max pooling (general, 2x2, 3x3, 3x3 stride 2), its backward, max unpooling
     avg_pooling     average pooling with PyTorch's divisor rule
     lp_pooling      power-average (LP) pooling
     mixed_pooling   a*max + b*avg in one pass, and the combine steps
@@ -18,6 +18,7 @@ from minicnn.kernels.window import (  # noqa: F401
 )
 from minicnn.kernels.max_pooling import (  # noqa: F401
     _max_window, _has_nan, _maxpool_plane, _maxpool2d_forward, _max9, _maxpool2d_3x3_forward,
+    _first_max3, _maxpool_3x3s2_plane, _maxpool2d_3x3s2_forward, maxpool2d_3x3s2_forward,
     _maxpool2d_2x2_forward, _maxpool2d_backward, _maxunpool2d_forward, _maxunpool2d_backward,
     maxpool2d_forward, maxpool2d_2x2_forward, maxpool2d_3x3_forward, maxpool2d_backward,
     maxunpool2d_forward, maxunpool2d_backward
