@@ -21,7 +21,10 @@ Parallel contract (all kernels): ``prange`` over the P planes; iteration
 outputs.  Overlapping windows (e.g. 3x3 stride 2) therefore accumulate
 their gradients serially inside one iteration and cannot race.  Outputs are
 fully overwritten (backward kernels zero their plane of ``dx`` first), so
-buffers can be reused across steps.
+buffers can be reused across steps.  (One exception in the iteration space:
+``maxpool2d_3x3s2_forward`` runs prange over runs of consecutive planes, so
+that each run owns one row of scratch arrays; it still writes only its own
+planes.)
 
 Each kernel is a plain function ``_name`` (the readable reference; with
 ``NUMBA_DISABLE_JIT=1`` it runs as Python and ``prange`` is ``range``),
