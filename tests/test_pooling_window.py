@@ -329,6 +329,9 @@ def _kernel_cases(rng):
         "avgpool2d_2x2_forward": ((x, 4), (y[:, :8, :6],)),
         "avgpool2d_3x3_forward": ((x, 2, 2, 1, 1, False, 0), (y,)),
         "avgpool2d_3x3_backward": ((dout, 2, 2, 1, 1, True, 0), (x,)),
+        "avgpool2d_3x3s2_forward": ((np.ascontiguousarray(x[:, :, :12]), 1, False, 0), (y[:, :, :6],)),
+        "avgpool2d_3x3s2_backward": ((np.ascontiguousarray(dout[:, :, :6]), 1, True, 0),
+                                     (x[:, :, :12],)),
         "avgpool2d_backward": ((dout, 3, 3, 2, 2, 1, 1, True, 0), (x,)),
         "avgpool2d_2x2_backward": ((dout[:, :8, :6].copy(), 3), (x,)),
         "lppool2d_forward": ((xpos, 3.0, 3, 3, 3, 2), (ylp, slp)),
@@ -524,26 +527,70 @@ def test_3x3s2_max_kernel_equals_general_kernel(dtype, H, W, ph):
         assert got[1].tobytes() == want[1].tobytes()
 
 
-def test_3x3s2_max_kernel_is_used_where_it_applies(monkeypatch):
-    """MaxPool2D(3, 2, 1) on an even width takes the separable kernel; ceil
-    mode (an extra output column), an odd width and other paddings do not."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H, W, ph", GEOMETRIES_3x3S2)
+@pytest.mark.parametrize("count_include_pad, divisor_override", [(True, 0), (False, 0), (True, 5)])
+def test_3x3s2_avg_kernels_equal_general_kernels(dtype, H, W, ph, count_include_pad,
+                                                 divisor_override):
+    """The 3x3 stride-2 average kernels (forward over split even/odd
+    columns, backward in gather form) give the general kernels' bits: same
+    additions in the same order, on ties, signed zeros and cancelling
+    values, threaded and serial."""
+    from minicnn.layers.geometry import output_size
+    rng = np.random.default_rng(H * 100 + W + ph)
+    x = rng.standard_normal((6, H, W)).astype(dtype)
+    x[0] = rng.integers(-2, 3, (H, W))                          # exact cancellations: +0
+    x[1] = -0.0
+    x[2] = rng.choice(np.array([0.0, -0.0, 1e-30, -1e-30, 3.0], dtype), (H, W))
+    Ho = output_size(H, 3, 2, ph, 1, False)
+    Wo = output_size(W, 3, 2, 1, 1, False)
+    dout = rng.standard_normal((6, Ho, Wo)).astype(dtype)
+    dout[0] = -0.0
+    dout[1] = rng.integers(-2, 3, (Ho, Wo))
+    args = (count_include_pad, divisor_override)
+    want_y = np.full((6, Ho, Wo), 7, dtype)
+    K.avgpool2d_forward(x, 3, 3, 2, 2, ph, 1, *args, want_y)
+    want_dx = np.full((6, H, W), 7, dtype)
+    K.avgpool2d_backward(dout, 3, 3, 2, 2, ph, 1, *args, want_dx)
+    for fwd, bwd in ((K.avgpool2d_3x3s2_forward, K.avgpool2d_3x3s2_backward),
+                     (njit(K._avgpool2d_3x3s2_forward), njit(K._avgpool2d_3x3s2_backward))):
+        y = np.full((6, Ho, Wo), 7, dtype)
+        fwd(x, ph, *args, y)
+        assert y.tobytes() == want_y.tobytes()
+        dx = np.full((6, H, W), 7, dtype)
+        bwd(dout, ph, *args, dx)
+        assert dx.tobytes() == want_dx.tobytes()
+
+
+def test_3x3s2_kernels_are_used_where_they_apply(monkeypatch):
+    """MaxPool2D and AvgPool2D(3, 2, 1) on an even width take the 3x3
+    stride-2 kernels (AvgPool2D's backward too); ceil mode (an extra output
+    column), an odd width and other paddings do not."""
     import minicnn.layers.pooling as LP
     calls = []
-    real = K.maxpool2d_3x3s2_forward
 
-    def spy(*args):
-        calls.append(args[0].shape)
-        return real(*args)
-    monkeypatch.setattr(LP.K, "maxpool2d_3x3s2_forward", spy)
+    def spy(real):
+        def call(*args):
+            calls.append(real)
+            return real(*args)
+        return call
+    for name in ("maxpool2d_3x3s2_forward", "avgpool2d_3x3s2_forward", "avgpool2d_3x3s2_backward"):
+        monkeypatch.setattr(LP.K, name, spy(getattr(K, name)))
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 10)).astype(np.float32)
-    MaxPool2D(3, 2, 1).forward(x)
-    MaxPool2D(3, 2, (0, 1)).forward(x)
-    assert len(calls) == 2
-    MaxPool2D(3, 2, 1, ceil_mode=True).forward(x)
-    MaxPool2D(3, 2, 1).forward(x[..., :9])
-    MaxPool2D(3, 2, 0).forward(x)
-    MaxPool2D(3, 2, (1, 0)).forward(x)
-    assert len(calls) == 2
+    for make in (MaxPool2D, AvgPool2D):
+        calls.clear()
+        y = make(3, 2, 1).forward(x)
+        make(3, 2, (0, 1)).forward(x)
+        assert len(calls) == 2
+        make(3, 2, 1, ceil_mode=True).forward(x)
+        make(3, 2, 1).forward(x[..., :9])
+        make(3, 2, 0).forward(x)
+        make(3, 2, (1, 0)).forward(x)
+        assert len(calls) == 2
+    layer = AvgPool2D(3, 2, 1)
+    layer.forward(x)
+    layer.backward(np.ones_like(y))
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

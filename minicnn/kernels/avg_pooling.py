@@ -2,6 +2,7 @@
 
 Conventions (planes, geometry, parallel contract): :mod:`minicnn.kernels.window`.
 """
+import numpy as np
 from numba import njit, prange
 
 from minicnn.kernels.window import _avg_divisor, _avg_extents, _inner_windows, _zero_uncovered_2x2
@@ -98,6 +99,88 @@ def _avgpool2d_3x3_forward(x, sh, sw, ph, pw, count_include_pad, divisor_overrid
                     div = _avg_divisor(nhs[oh] * nws[ow], (h_hi - h_lo) * (w_hi - w_lo),
                                        count_include_pad, divisor_override)
                     out[p, oh, ow] = s / dt(div)
+
+
+@njit(cache=True)
+def _avg_divisor_table(H, W, H_out, W_out, kh, kw, sh, sw, ph, pw, count_include_pad,
+                       divisor_override, like):
+    """``D[oh, ow]``: the divisor of every window (:func:`_avgpool2d_forward`'s
+    rule), as an (H_out, W_out) array of ``like``'s dtype."""
+    nhs, h_los, h_his = _avg_extents(H_out, kh, sh, ph, H)
+    nws, w_los, w_his = _avg_extents(W_out, kw, sw, pw, W)
+    D = np.empty((H_out, W_out), like.dtype)
+    for oh in range(H_out):
+        for ow in range(W_out):
+            D[oh, ow] = _avg_divisor(nhs[oh] * nws[ow],
+                                     (h_his[oh] - h_los[oh]) * (w_his[ow] - w_los[ow]),
+                                     count_include_pad, divisor_override)
+    return D
+
+
+def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
+    """:func:`_avgpool2d_forward` for a 3x3 window, stride 2, column padding
+    1, row padding ``ph`` (0 or 1), even width W, ``W_out = W/2`` and
+    ``H_out = (H + 2*ph - 3)//2 + 1`` (floor mode): same sums in the same
+    order, same result bit for bit.
+
+    Per plane, with ``Wh = W/2`` and ``m = r*Wh + j``, in long loops the
+    compiler vectorises: ``e[m] = x[r, 2j]``, ``o[m] = x[r, 2j+1]`` and
+    ``l[m] = x[r, 2j-1]`` (+0 for j = 0: column -1 is padding), stored with
+    a row of zeros above and below the plane; then for every centre row c
+    (every row, though only every other one is an output row) the window
+    sum ``0 + l + e + o`` over rows c-1, c, c+1 in row-major order, in one
+    loop over the plane; then output row oh (centre row ``2*oh - ph + 1``)
+    is that sum divided by the window's divisor.  A tap outside the input
+    adds +0, which changes nothing: a sum started at +0 is never -0.
+
+    Parallel: prange over runs of consecutive planes (as
+    :func:`~minicnn.kernels.max_pooling._maxpool2d_3x3s2_forward`); iteration
+    c writes only its planes and its rows of the scratch arrays.
+    """
+    P, H, W = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    Wh = W // 2
+    n = H * Wh
+    dt = out.dtype.type
+    D = _avg_divisor_table(H, W, H_out, W_out, 3, 3, 2, 2, ph, 1, count_include_pad,
+                           divisor_override, out)
+    xf = x.reshape((P, H * W))
+    n_chunks = min(P, 64)
+    E = np.zeros((n_chunks, n + 2 * Wh), x.dtype)    # row 0 and row H + 1 stay zero
+    O = np.zeros((n_chunks, n + 2 * Wh), x.dtype)
+    L = np.zeros((n_chunks, n + 2 * Wh), x.dtype)
+    V = np.empty((n_chunks, n), x.dtype)
+    for c in prange(n_chunks):
+        e_in, o_in, l_in = E[c, Wh:Wh + n], O[c, Wh:Wh + n], L[c, Wh:Wh + n]
+        l0, e0, o0 = L[c, :n], E[c, :n], O[c, :n]                             # rows c-1
+        l1, e1, o1 = L[c, Wh:Wh + n], E[c, Wh:Wh + n], O[c, Wh:Wh + n]        # rows c
+        l2, e2, o2 = L[c, 2 * Wh:], E[c, 2 * Wh:], O[c, 2 * Wh:]              # rows c+1
+        v = V[c]
+        for p in range(c * P // n_chunks, (c + 1) * P // n_chunks):
+            plane = xf[p]
+            for m in range(n):
+                e_in[m] = plane[2 * m]
+                o_in[m] = plane[2 * m + 1]
+            for m in range(1, n):
+                l_in[m] = plane[2 * m - 1]
+            for r in range(H):
+                l_in[r * Wh] = 0.0
+            for t in range(n):
+                s = dt(0)
+                s += l0[t]
+                s += e0[t]
+                s += o0[t]
+                s += l1[t]
+                s += e1[t]
+                s += o1[t]
+                s += l2[t]
+                s += e2[t]
+                s += o2[t]
+                v[t] = s
+            for oh in range(H_out):
+                q = (2 * oh - ph + 1) * Wh
+                for j in range(Wh):
+                    out[p, oh, j] = v[q + j] / D[oh, j]
 
 
 def _avgpool2d_2x2_forward(x, divisor, out):
@@ -208,6 +291,64 @@ def _avgpool2d_3x3_backward(dout, sh, sw, ph, pw, count_include_pad, divisor_ove
                             dx[p, hh, ww] += g
 
 
+def _avgpool2d_3x3s2_backward(dout, ph, count_include_pad, divisor_override, dx):
+    """:func:`_avgpool2d_backward` for the windows of
+    :func:`_avgpool2d_3x3s2_forward`, in gather form: same result bit for bit.
+
+    A cell is in at most two window rows ``lo < hi`` and two window columns;
+    the scatter form adds the shares ``g = dout / divisor`` of its windows in
+    row-major window order to +0.  Here each cell computes that sum itself:
+    ``0 + g[lo, b] + g[hi, b]`` for column ``2b`` (window column b only)
+    and ``0 + g[lo, b] + g[lo, b+1] + g[hi, b] + g[hi, b+1]`` for column
+    ``2b+1``.  A window that does not exist is a share of -0.0 (row
+    H_out, column W_out of the scratch ``g``), which adds nothing to any
+    value, +0 included.  Each input row is one loop over b that writes its
+    even and odd cells.
+
+    Parallel: prange over runs of consecutive planes; iteration c writes
+    only its planes of ``dx`` and its row of the scratch ``g``.
+    """
+    P, H, W = dx.shape
+    H_out, W_out = dout.shape[1], dout.shape[2]
+    Wh = W // 2
+    Wg = W_out + 1
+    dt = dx.dtype.type
+    D = _avg_divisor_table(H, W, H_out, W_out, 3, 3, 2, 2, ph, 1, count_include_pad,
+                           divisor_override, dx)
+    lohi = np.empty((H, 2), np.int64)        # offsets in g of each row's window rows, in order
+    for r in range(H):
+        lo = hi = H_out                      # H_out: the row of -0.0
+        for oh in range(H_out):
+            if 2 * oh - ph <= r <= 2 * oh - ph + 2:
+                if lo == H_out:
+                    lo = oh
+                else:
+                    hi = oh
+        lohi[r, 0], lohi[r, 1] = lo * Wg, hi * Wg
+    n_chunks = min(P, 64)
+    G = np.full((n_chunks, (H_out + 1) * Wg), -0.0, dx.dtype)
+    for c in prange(n_chunks):
+        for p in range(c * P // n_chunks, (c + 1) * P // n_chunks):
+            for oh in range(H_out):
+                for j in range(W_out):
+                    G[c, oh * Wg + j] = dout[p, oh, j] / D[oh, j]
+            for r in range(H):
+                lo, hi = lohi[r, 0], lohi[r, 1]
+                g0, g1 = G[c, lo:lo + Wg], G[c, hi:hi + Wg]
+                row = dx[p, r]
+                for j in range(Wh):
+                    ev = dt(0)
+                    ev += g0[j]
+                    ev += g1[j]
+                    od = dt(0)
+                    od += g0[j]
+                    od += g0[j + 1]
+                    od += g1[j]
+                    od += g1[j + 1]
+                    row[2 * j] = ev
+                    row[2 * j + 1] = od
+
+
 def _avgpool2d_2x2_backward(dout, divisor, dx):
     """:func:`_avgpool2d_backward` for the 2x2 case: windows do not overlap,
     so each cell is written once, ``dx = dout / divisor``, and the cells no
@@ -239,3 +380,5 @@ avgpool2d_3x3_forward = njit(parallel=True, cache=True)(_avgpool2d_3x3_forward)
 avgpool2d_backward = njit(parallel=True, cache=True)(_avgpool2d_backward)
 avgpool2d_2x2_backward = njit(parallel=True, cache=True)(_avgpool2d_2x2_backward)
 avgpool2d_3x3_backward = njit(parallel=True, cache=True)(_avgpool2d_3x3_backward)
+avgpool2d_3x3s2_forward = njit(parallel=True, cache=True)(_avgpool2d_3x3s2_forward)
+avgpool2d_3x3s2_backward = njit(parallel=True, cache=True)(_avgpool2d_3x3s2_backward)

@@ -5,7 +5,7 @@ The kernels live in one small module per pooling type, the conventions they
 share (planes, geometry, parallel contract) in :mod:`minicnn.kernels.window`::
 
     max_pooling     max pooling (general, 2x2, 3x3, 3x3 stride 2), its backward, max unpooling
-    avg_pooling     average pooling with PyTorch's divisor rule
+    avg_pooling     average pooling with PyTorch's divisor rule (general, 2x2, 3x3, 3x3 stride 2)
     lp_pooling      power-average (LP) pooling
     mixed_pooling   a*max + b*avg in one pass, and the combine steps
 
@@ -27,7 +27,8 @@ from minicnn.kernels.avg_pooling import (  # noqa: F401
     _avgpool2d_forward, _sum9, _avgpool2d_3x3_forward, _avgpool2d_2x2_forward,
     _avgpool2d_backward, _avgpool2d_3x3_backward, _avgpool2d_2x2_backward, avgpool2d_forward,
     avgpool2d_2x2_forward, avgpool2d_3x3_forward, avgpool2d_backward, avgpool2d_2x2_backward,
-    avgpool2d_3x3_backward
+    avgpool2d_3x3_backward, _avg_divisor_table, _avgpool2d_3x3s2_forward,
+    _avgpool2d_3x3s2_backward, avgpool2d_3x3s2_forward, avgpool2d_3x3s2_backward
 )
 from minicnn.kernels.lp_pooling import (  # noqa: F401
     _power, _root, _lp_window, _lp_window_backward, _lp_sum9, _lp_add9, _lppool2d_forward,

@@ -94,10 +94,12 @@ def _common_2x2(k, s, p, d, x_hw, out_hw) -> bool:
 
 def _overlapping_3x3s2(k, s, p, d, x_hw, out_hw) -> bool:
     """Kernel 3, stride 2, column padding 1, row padding 0 or 1, no
-    dilation, even width and ``W_out = W/2`` (floor mode): the separable
-    max-pooling kernel applies (same results as the general one)."""
+    dilation, even width and the floor-mode output size (``W_out = W/2``):
+    the 3x3 stride-2 kernels apply (max: separable; average: sums over the
+    split even/odd columns; same results as the general ones)."""
     return (k == (3, 3) and s == (2, 2) and p[1] == 1 and p[0] in (0, 1) and d == (1, 1)
-            and x_hw[1] % 2 == 0 and 2 * out_hw[1] == x_hw[1])
+            and x_hw[1] % 2 == 0 and 2 * out_hw[1] == x_hw[1]
+            and out_hw[0] == (x_hw[0] + 2 * p[0] - 3) // 2 + 1)
 
 
 def _maxpool(xp, k, s, p, d, out, argmax):
@@ -116,6 +118,8 @@ def _avgpool(xp, k, s, p, count_include_pad, divisor_override, out):
     """Average pooling of planes; ``divisor_override`` 0 means none."""
     if _common_2x2(k, s, p, (1, 1), xp.shape[1:], out.shape[1:]):
         run_kernel(K.avgpool2d_2x2_forward, xp, divisor_override or 4, out)
+    elif _overlapping_3x3s2(k, s, p, (1, 1), xp.shape[1:], out.shape[1:]):
+        run_kernel(K.avgpool2d_3x3s2_forward, xp, p[0], count_include_pad, divisor_override, out)
     elif k == (3, 3):
         run_kernel(K.avgpool2d_3x3_forward, xp, s[0], s[1], p[0], p[1], count_include_pad,
                    divisor_override, out)
@@ -128,6 +132,8 @@ def _avgpool_backward(dout, k, s, p, count_include_pad, divisor_override, dx):
     """Backward of :func:`_avgpool` into ``dx`` (overwritten)."""
     if _common_2x2(k, s, p, (1, 1), dx.shape[1:], dout.shape[1:]):
         run_kernel(K.avgpool2d_2x2_backward, dout, divisor_override or 4, dx)
+    elif _overlapping_3x3s2(k, s, p, (1, 1), dx.shape[1:], dout.shape[1:]):
+        run_kernel(K.avgpool2d_3x3s2_backward, dout, p[0], count_include_pad, divisor_override, dx)
     elif k == (3, 3):
         run_kernel(K.avgpool2d_3x3_backward, dout, s[0], s[1], p[0], p[1], count_include_pad,
                    divisor_override, dx)
