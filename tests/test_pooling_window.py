@@ -649,6 +649,51 @@ def test_lp_fast_kernels_equal_general_kernels(norm, dtype, H, W, s, ceil):
         np.testing.assert_array_equal(fast, general)      # values (0.0 == -0.0), NaN where NaN
 
 
+@pytest.mark.parametrize("norm", [2.0, 3.0, 1.0, 1.5, 0.5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H, W", [(3, 4), (4, 4), (5, 6), (9, 12), (14, 14), (24, 24), (28, 28)])
+def test_lp_3x3s2_kernel_equals_general_kernel(norm, dtype, H, W):
+    """The 3x3 stride-2 LP forward (each cell's power once, window sums over
+    the split even/odd columns) gives the general kernel's bits: same powers,
+    same sums in the same order; signed inputs (NaN for odd and fractional
+    p, as C pow), zeros, a NaN, infinities; threaded and serial."""
+    from minicnn.layers.geometry import output_size
+    rng = np.random.default_rng(H * 100 + W)
+    x = rng.standard_normal((5, H, W)).astype(dtype)
+    x[1] = 0.0
+    x[2, 0, 0] = np.nan
+    x[3] = np.abs(x[3])
+    x[4] = rng.choice(np.array([np.inf, 0.0, -0.0, 1e-20, 2.0], dtype), (H, W))
+    Ho, Wo = output_size(H, 3, 2, 0, 1, False), output_size(W, 3, 2, 0, 1, False)
+    assert Wo == W // 2 - 1
+    want = (np.full((5, Ho, Wo), 7, dtype), np.full((5, Ho, Wo), 7, dtype))
+    K.lppool2d_forward(x, norm, 3, 3, 2, 2, *want)
+    for kernel in (K.lppool2d_3x3s2_forward, njit(K._lppool2d_3x3s2_forward)):
+        got = (np.full((5, Ho, Wo), 7, dtype), np.full((5, Ho, Wo), 7, dtype))
+        kernel(x, norm, *got)
+        for a, b in zip(got, want):                     # bit for bit, but for NaN's sign bit
+            nan = np.isnan(a)
+            assert np.array_equal(nan, np.isnan(b)) and a[~nan].tobytes() == b[~nan].tobytes()
+
+
+def test_lp_3x3s2_kernel_is_used_where_it_applies(monkeypatch):
+    import minicnn.layers.pooling as LP
+    calls = []
+    real = K.lppool2d_3x3s2_forward
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+    monkeypatch.setattr(LP.K, "lppool2d_3x3s2_forward", spy)
+    x = np.abs(np.random.default_rng(0).standard_normal((2, 3, 9, 10))).astype(np.float32)
+    LPPool2D(2, 3, 2).forward(x)
+    assert len(calls) == 1
+    LPPool2D(2, 3, 2, ceil_mode=True).forward(x)       # an extra, partial window
+    LPPool2D(2, 3, 2).forward(x[..., :9])               # odd width
+    LPPool2D(2, 3, 1).forward(x)
+    assert len(calls) == 1
+
+
 def test_lp_float32_powers_are_float64():
     # the squares of float32 inputs are summed in float64: 3e-4**2 * 4 keeps every bit
     x = np.full((1, 1, 2, 2), 3.0001e-4, np.float32)

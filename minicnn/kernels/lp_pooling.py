@@ -175,6 +175,74 @@ def _lppool2d_3x3_forward(x, norm_type, sh, sw, out, sums):
                     out[p, oh, ow] = _root(s, q)
 
 
+@njit(cache=True, inline='always')
+def _lp_split(plane, e, o, norm_type):
+    """``e[m] = x[2m] ** p``, ``o[m] = x[2m+1] ** p`` (float64) over a flat
+    plane of even width: the powers of its even and odd columns."""
+    for m in range(e.shape[0] - 1):
+        e[m] = _power(np.float64(plane[2 * m]), norm_type)
+        o[m] = _power(np.float64(plane[2 * m + 1]), norm_type)
+
+
+def _lppool2d_3x3s2_forward(x, norm_type, out, sums):
+    """:func:`_lppool2d_forward` for a 3x3 window, stride 2, even width W,
+    ``W_out = W/2 - 1`` and ``H_out = (H - 3)//2 + 1`` (floor mode, every
+    window full): same powers, same sums in the same order, same result bit
+    for bit.
+
+    Per plane, with ``Wh = W/2`` and ``m = r*Wh + j``: the powers of the
+    even and odd columns, ``e[m] = x[r, 2j] ** p`` and ``o[m] = x[r, 2j+1]
+    ** p``, each computed once (the 3x3 kernel computes a cell's power once
+    per window holding it, 2.25 times on average); then, for every centre
+    row c (only every other one is an output row), the window sum
+    ``e[m] + o[m] + e[m+1]`` over rows c-1, c, c+1 in row-major order from
+    0, in one long loop over the plane that the compiler vectorises; then
+    output row oh is centre row ``2*oh + 1``.  (Its last column, j = Wh-1,
+    is not an output: it reads a zero past the plane's end.)
+
+    Parallel: prange over runs of consecutive planes (as
+    :func:`~minicnn.kernels.max_pooling._maxpool2d_3x3s2_forward`);
+    iteration c writes only its planes and its rows of the scratch arrays.
+    """
+    P, H, W = x.shape
+    H_out, W_out = out.shape[1], out.shape[2]
+    Wh = W // 2
+    n = H * Wh
+    t_end = (H - 2) * Wh                 # centre rows 1 .. H-2
+    xf = x.reshape((P, H * W))
+    n_chunks = min(P, 64)
+    E = np.zeros((n_chunks, n + 1), np.float64)
+    O = np.zeros((n_chunks, n + 1), np.float64)
+    V = np.empty((n_chunks, max(t_end, 0)), np.float64)
+    for c in prange(n_chunks):
+        e, o, v = E[c], O[c], V[c]
+        e0, o0, f0 = E[c, :t_end], O[c, :t_end], E[c, 1:t_end + 1]                   # row c-1
+        e1, o1, f1 = E[c, Wh:Wh + t_end], O[c, Wh:Wh + t_end], E[c, Wh + 1:Wh + t_end + 1]
+        e2, o2, f2 = E[c, 2 * Wh:2 * Wh + t_end], O[c, 2 * Wh:2 * Wh + t_end], E[c, 2 * Wh + 1:]
+        for p in range(c * P // n_chunks, (c + 1) * P // n_chunks):
+            if norm_type == 2.0:             # a literal 2: _power's branches fold away
+                _lp_split(xf[p], e, o, 2.0)
+            else:
+                _lp_split(xf[p], e, o, norm_type)
+            for t in range(t_end):
+                s = 0.0
+                s += e0[t]
+                s += o0[t]
+                s += f0[t]
+                s += e1[t]
+                s += o1[t]
+                s += f1[t]
+                s += e2[t]
+                s += o2[t]
+                s += f2[t]
+                v[t] = s
+            for oh in range(H_out):
+                q = 2 * oh * Wh
+                for j in range(W_out):
+                    sums[p, oh, j] = v[q + j]
+                    out[p, oh, j] = _root(v[q + j], norm_type)
+
+
 def _lppool2d_backward(dout, x, out, sums, norm_type, kh, kw, sh, sw, dx):
     """Backward of LP pooling.
 
@@ -287,6 +355,7 @@ def _lppool2d_2x2_backward(dout, x, out, sums, norm_type, dx):
 lppool2d_forward = njit(parallel=True, cache=True)(_lppool2d_forward)
 lppool2d_2x2_forward = njit(parallel=True, cache=True)(_lppool2d_2x2_forward)
 lppool2d_3x3_forward = njit(parallel=True, cache=True)(_lppool2d_3x3_forward)
+lppool2d_3x3s2_forward = njit(parallel=True, cache=True)(_lppool2d_3x3s2_forward)
 lppool2d_backward = njit(parallel=True, cache=True)(_lppool2d_backward)
 lppool2d_2x2_backward = njit(parallel=True, cache=True)(_lppool2d_2x2_backward)
 lppool2d_3x3_backward = njit(parallel=True, cache=True)(_lppool2d_3x3_backward)

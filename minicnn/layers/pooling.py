@@ -384,6 +384,9 @@ class LPPool2D(_Pool):
             sums = np.empty_like(y)
             if _common_2x2(self.kernel_size, self.stride, (0, 0), (1, 1), (H, W), (Ho, Wo)):
                 run_kernel(K.lppool2d_2x2_forward, xp, self.norm_type, y, sums)
+            elif (self.kernel_size == (3, 3) and self.stride == (2, 2) and W % 2 == 0
+                  and Wo == W // 2 - 1 and Ho == (H - 3) // 2 + 1):
+                run_kernel(K.lppool2d_3x3s2_forward, xp, self.norm_type, y, sums)
             elif self.kernel_size == (3, 3):
                 run_kernel(K.lppool2d_3x3_forward, xp, self.norm_type, sh, sw, y, sums)
             else:
