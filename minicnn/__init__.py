@@ -3,9 +3,11 @@
 Layers work on NCHW arrays and follow one protocol (``minicnn.layers.base``):
 ``forward(x) -> y``, ``backward(dout) -> dx``, ``params`` / ``grads`` dicts.
 """
+from minicnn import allocator as _allocator
 from minicnn import threads as _threads
 
 _threads.configure()  # before numpy and Numba start their pools: see minicnn/threads.py
+_allocator.retain_freed_memory()  # no page faults for each step's fresh arrays: minicnn/allocator.py
 
 from minicnn.layers import *  # noqa: F401,F403  (every public layer)
 from minicnn.layers import LAYERS, Layer, build_layer
