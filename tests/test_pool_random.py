@@ -505,7 +505,7 @@ def _fractional_by_windows(x, rows, cols, k, out, argmax):
     T = k[0] * k[1]
     taps = np.array([(t // k[1]) * W + t % k[1] for t in range(T)], np.int64)
     P = N * C
-    plane = njit(K._fractional_plane.py_func)
+    plane = njit(getattr(K._fractional_plane, "py_func", K._fractional_plane))
     for p in range(P):
         plane(x.reshape(P, H * W), p, rows.reshape(P, -1), cols.reshape(P, -1), W, taps,
               out.reshape((P,) + out.shape[2:]), argmax.reshape((P,) + out.shape[2:]))
