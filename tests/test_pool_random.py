@@ -498,6 +498,10 @@ def test_fractional_nan_propagates_like_torch():
     np.testing.assert_array_equal(idx, it.numpy())
 
 
+PLANE_SERIAL = njit(getattr(K._fractional_plane, "py_func", K._fractional_plane))
+FRACTIONAL_SERIAL = njit(K._fractional_max_forward)
+
+
 def _fractional_by_windows(x, rows, cols, k, out, argmax):
     """The general window-by-window kernel on every plane (the reference for
     the written-out 2x2 and 3x3 paths)."""
@@ -505,7 +509,7 @@ def _fractional_by_windows(x, rows, cols, k, out, argmax):
     T = k[0] * k[1]
     taps = np.array([(t // k[1]) * W + t % k[1] for t in range(T)], np.int64)
     P = N * C
-    plane = njit(getattr(K._fractional_plane, "py_func", K._fractional_plane))
+    plane = PLANE_SERIAL
     for p in range(P):
         plane(x.reshape(P, H * W), p, rows.reshape(P, -1), cols.reshape(P, -1), W, taps,
               out.reshape((P,) + out.shape[2:]), argmax.reshape((P,) + out.shape[2:]))
@@ -530,7 +534,7 @@ def test_fractional_written_out_paths_equal_general_kernel(k, dtype):
     want_y = np.empty((N, C, oh, ow), dtype)
     want_i = np.empty((N, C, oh, ow), np.int64)
     _fractional_by_windows(x, rows, cols, (k, k), want_y, want_i)
-    for kernel in (K.fractional_max_forward, njit(K._fractional_max_forward)):
+    for kernel in (K.fractional_max_forward, FRACTIONAL_SERIAL):
         y = np.empty_like(want_y)
         idx = np.empty_like(want_i)
         kernel(x, rows, cols, k, k, y, idx)

@@ -491,6 +491,12 @@ def test_3x3_max_kernel_equals_general_kernel(dtype, H, W, s, p, ceil):
     np.testing.assert_array_equal(outs[0][1], idx_ref[0])
 
 
+# serial builds of the 3x3 stride-2 kernels, made once (each test reuses
+# their compiled signatures; not cached on disk: see K's docstring)
+SERIAL_3x3S2 = {name: njit(getattr(K, "_" + name)) for name in (
+    "maxpool2d_3x3s2_forward", "avgpool2d_3x3s2_forward", "avgpool2d_3x3s2_backward",
+    "lppool2d_3x3s2_forward")}
+
 # (H, W, row padding) for the separable 3x3 stride-2 kernel (even W, column
 # padding 1): one-row and two-row planes, odd and even H, the model shapes
 GEOMETRIES_3x3S2 = [(1, 2, 1), (2, 2, 1), (2, 4, 1), (3, 4, 0), (4, 2, 0), (7, 10, 1),
@@ -520,7 +526,7 @@ def test_3x3s2_max_kernel_equals_general_kernel(dtype, H, W, ph):
     assert Wo == W // 2
     want = (np.full((10, Ho, Wo), 7, dtype), np.full((10, Ho, Wo), 7, np.int64))
     K.maxpool2d_forward(x, 3, 3, 2, 2, ph, 1, 1, 1, *want)
-    for kernel in (K.maxpool2d_3x3s2_forward, njit(K._maxpool2d_3x3s2_forward)):
+    for kernel in (K.maxpool2d_3x3s2_forward, SERIAL_3x3S2['maxpool2d_3x3s2_forward']):
         got = (np.full((10, Ho, Wo), 7, dtype), np.full((10, Ho, Wo), 7, np.int64))
         kernel(x, ph, *got)
         assert got[0].tobytes() == want[0].tobytes()
@@ -553,7 +559,7 @@ def test_3x3s2_avg_kernels_equal_general_kernels(dtype, H, W, ph, count_include_
     want_dx = np.full((6, H, W), 7, dtype)
     K.avgpool2d_backward(dout, 3, 3, 2, 2, ph, 1, *args, want_dx)
     for fwd, bwd in ((K.avgpool2d_3x3s2_forward, K.avgpool2d_3x3s2_backward),
-                     (njit(K._avgpool2d_3x3s2_forward), njit(K._avgpool2d_3x3s2_backward))):
+                     (SERIAL_3x3S2['avgpool2d_3x3s2_forward'], SERIAL_3x3S2['avgpool2d_3x3s2_backward'])):
         y = np.full((6, Ho, Wo), 7, dtype)
         fwd(x, ph, *args, y)
         assert y.tobytes() == want_y.tobytes()
@@ -668,7 +674,7 @@ def test_lp_3x3s2_kernel_equals_general_kernel(norm, dtype, H, W):
     assert Wo == W // 2 - 1
     want = (np.full((5, Ho, Wo), 7, dtype), np.full((5, Ho, Wo), 7, dtype))
     K.lppool2d_forward(x, norm, 3, 3, 2, 2, *want)
-    for kernel in (K.lppool2d_3x3s2_forward, njit(K._lppool2d_3x3s2_forward)):
+    for kernel in (K.lppool2d_3x3s2_forward, SERIAL_3x3S2['lppool2d_3x3s2_forward']):
         got = (np.full((5, Ho, Wo), 7, dtype), np.full((5, Ho, Wo), 7, dtype))
         kernel(x, norm, *got)
         for a, b in zip(got, want):                     # bit for bit, but for NaN's sign bit
