@@ -5,7 +5,8 @@ Conventions (planes, geometry, parallel contract): :mod:`minicnn.kernels.window`
 import numpy as np
 from numba import njit, prange
 
-from minicnn.kernels.window import _avg_divisor, _avg_extents, _inner_windows, _zero_uncovered_2x2
+from minicnn.kernels.window import (PLANE_RUNS, _avg_divisor, _avg_extents, _inner_windows,
+                                    _plane_run, _zero_uncovered_2x2)
 
 
 # --------------------------------------------------------------------- average
@@ -145,7 +146,7 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
     D = _avg_divisor_table(H, W, H_out, W_out, 3, 3, 2, 2, ph, 1, count_include_pad,
                            divisor_override, out)
     xf = x.reshape((P, H * W))
-    n_chunks = min(P, 64)
+    n_chunks = min(P, PLANE_RUNS)
     E = np.zeros((n_chunks, n + 2 * Wh), x.dtype)    # row 0 and row H + 1 stay zero
     O = np.zeros((n_chunks, n + 2 * Wh), x.dtype)
     L = np.zeros((n_chunks, n + 2 * Wh), x.dtype)
@@ -156,7 +157,8 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
         l1, e1, o1 = L[c, Wh:Wh + n], E[c, Wh:Wh + n], O[c, Wh:Wh + n]        # rows c
         l2, e2, o2 = L[c, 2 * Wh:], E[c, 2 * Wh:], O[c, 2 * Wh:]              # rows c+1
         v = V[c]
-        for p in range(c * P // n_chunks, (c + 1) * P // n_chunks):
+        p_lo, p_hi = _plane_run(c, n_chunks, P)
+        for p in range(p_lo, p_hi):
             plane = xf[p]
             for m in range(n):
                 e_in[m] = plane[2 * m]
@@ -325,10 +327,11 @@ def _avgpool2d_3x3s2_backward(dout, ph, count_include_pad, divisor_override, dx)
                 else:
                     hi = oh
         lohi[r, 0], lohi[r, 1] = lo * Wg, hi * Wg
-    n_chunks = min(P, 64)
+    n_chunks = min(P, PLANE_RUNS)
     G = np.full((n_chunks, (H_out + 1) * Wg), -0.0, dx.dtype)
     for c in prange(n_chunks):
-        for p in range(c * P // n_chunks, (c + 1) * P // n_chunks):
+        p_lo, p_hi = _plane_run(c, n_chunks, P)
+        for p in range(p_lo, p_hi):
             for oh in range(H_out):
                 for j in range(W_out):
                     G[c, oh * Wg + j] = dout[p, oh, j] / D[oh, j]

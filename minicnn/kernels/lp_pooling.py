@@ -7,7 +7,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from minicnn.kernels.window import _avg_extents, _inner_windows, _zero_uncovered_2x2
+from minicnn.kernels.window import (PLANE_RUNS, _avg_extents, _inner_windows, _plane_run,
+                                    _zero_uncovered_2x2)
 
 
 @njit(cache=True, inline='always')
@@ -210,7 +211,7 @@ def _lppool2d_3x3s2_forward(x, norm_type, out, sums):
     n = H * Wh
     t_end = (H - 2) * Wh                 # centre rows 1 .. H-2
     xf = x.reshape((P, H * W))
-    n_chunks = min(P, 64)
+    n_chunks = min(P, PLANE_RUNS)
     E = np.zeros((n_chunks, n + 1), np.float64)
     O = np.zeros((n_chunks, n + 1), np.float64)
     V = np.empty((n_chunks, max(t_end, 0)), np.float64)
@@ -219,7 +220,8 @@ def _lppool2d_3x3s2_forward(x, norm_type, out, sums):
         e0, o0, f0 = E[c, :t_end], O[c, :t_end], E[c, 1:t_end + 1]                   # row c-1
         e1, o1, f1 = E[c, Wh:Wh + t_end], O[c, Wh:Wh + t_end], E[c, Wh + 1:Wh + t_end + 1]
         e2, o2, f2 = E[c, 2 * Wh:2 * Wh + t_end], O[c, 2 * Wh:2 * Wh + t_end], E[c, 2 * Wh + 1:]
-        for p in range(c * P // n_chunks, (c + 1) * P // n_chunks):
+        p_lo, p_hi = _plane_run(c, n_chunks, P)
+        for p in range(p_lo, p_hi):
             if norm_type == 2.0:             # a literal 2: _power's branches fold away
                 _lp_split(xf[p], e, o, 2.0)
             else:

@@ -5,7 +5,7 @@ Conventions (planes, geometry, parallel contract): :mod:`minicnn.kernels.window`
 import numpy as np
 from numba import njit, prange
 
-from minicnn.kernels.window import _tap_ranges
+from minicnn.kernels.window import PLANE_RUNS, _plane_run, _tap_ranges
 
 
 # ------------------------------------------------------------------------- max
@@ -273,7 +273,7 @@ def _maxpool2d_3x3s2_forward(x, ph, out, argmax):
     xf = x.reshape((P, H * W))
     of = out.reshape((P, H_out * W_out))
     af = argmax.reshape((P, H_out * W_out))
-    n_chunks = min(P, 64)
+    n_chunks = min(P, PLANE_RUNS)
     e = np.empty((n_chunks, n), x.dtype)
     o = np.empty((n_chunks, n), x.dtype)
     hm = np.empty((n_chunks, n), x.dtype)
@@ -283,7 +283,8 @@ def _maxpool2d_3x3s2_forward(x, ph, out, argmax):
     i0s, i1s = _tap_ranges(H_out, 3, 2, ph, 1, H)
     j0s, j1s = _tap_ranges(W_out, 3, 2, 1, 1, W)
     for c in prange(n_chunks):
-        for p in range(c * P // n_chunks, (c + 1) * P // n_chunks):
+        p_lo, p_hi = _plane_run(c, n_chunks, P)
+        for p in range(p_lo, p_hi):
             if not _maxpool_3x3s2_plane(xf[p], H, W, ph, e[c], o[c], hm[c], hk[c], vv[c], vi[c],
                                         of[p], af[p]):
                 _maxpool_plane(x, p, 2, 2, ph, 1, 1, 1, i0s, i1s, j0s, j1s, out, argmax)

@@ -21,10 +21,11 @@ Parallel contract (all kernels): ``prange`` over the P planes; iteration
 outputs.  Overlapping windows (e.g. 3x3 stride 2) therefore accumulate
 their gradients serially inside one iteration and cannot race.  Outputs are
 fully overwritten (backward kernels zero their plane of ``dx`` first), so
-buffers can be reused across steps.  (One exception in the iteration space:
-``maxpool2d_3x3s2_forward`` runs prange over runs of consecutive planes, so
-that each run owns one row of scratch arrays; it still writes only its own
-planes.)
+buffers can be reused across steps.  (One variation of the iteration
+space: kernels that need scratch arrays -- the 3x3 stride-2 ones -- run
+prange over *runs* of consecutive planes, :func:`_plane_run`, so that each
+run owns one row of scratch, allocated once before the loop; a run still
+writes only its own planes.)
 
 Each kernel is a plain function ``_name`` (the readable reference; with
 ``NUMBA_DISABLE_JIT=1`` it runs as Python and ``prange`` is ``range``),
@@ -121,3 +122,17 @@ def _zero_uncovered_2x2(dx, p, H_out, W_out):
     for h in range(2 * H_out, H):
         for w in range(W):
             dx[p, h, w] = 0.0
+
+
+PLANE_RUNS = 64
+"""How many runs of consecutive planes a kernel with per-run scratch cuts
+its P planes into (fewer if P < 64): enough runs to balance any thread
+count Numba is given, few enough that the scratch rows stay small."""
+
+
+@njit(cache=True, inline='always')
+def _plane_run(c, n_runs, P):
+    """Planes ``[lo, hi)`` of run ``c`` of ``n_runs`` (``n_runs = min(P,
+    PLANE_RUNS)``): consecutive runs that cover ``0 .. P-1`` once, their
+    sizes differing by at most one."""
+    return c * P // n_runs, (c + 1) * P // n_runs
