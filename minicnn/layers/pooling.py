@@ -94,11 +94,12 @@ def _common_2x2(k, s, p, d, x_hw, out_hw) -> bool:
 
 def _overlapping_3x3s2(k, s, p, d, x_hw, out_hw) -> bool:
     """Kernel 3, stride 2, column padding 1, row padding 0 or 1, no
-    dilation, even width and the floor-mode output size (``W_out = W/2``):
+    dilation, even width, the floor-mode output size (``W_out = W/2``) and
+    fewer than 2**31 cells per plane (the max kernel keeps int32 indices):
     the 3x3 stride-2 kernels apply (max: separable; average: sums over the
     split even/odd columns; same results as the general ones)."""
     return (k == (3, 3) and s == (2, 2) and p[1] == 1 and p[0] in (0, 1) and d == (1, 1)
-            and x_hw[1] % 2 == 0 and 2 * out_hw[1] == x_hw[1]
+            and x_hw[1] % 2 == 0 and 2 * out_hw[1] == x_hw[1] and x_hw[0] * x_hw[1] < 2**31
             and out_hw[0] == (x_hw[0] + 2 * p[0] - 3) // 2 + 1)
 
 
