@@ -55,9 +55,15 @@ def test_applied_on_glibc():
 @pytest.mark.skipif(not GLIBC, reason="mallopt thresholds are glibc's")
 def test_training_steps_do_not_page_fault():
     """A default-model forward+backward at batch 64 allocates megabytes of
-    fresh arrays per step; with the thresholds raised (set when minicnn is
-    imported) glibc reuses the freed memory, so steady-state steps touch no
-    new pages (glibc's defaults gave ~2900 faults per step on this
-    project's machine)."""
+    fresh arrays per step.  With glibc's defaults the freed blocks go back
+    to the kernel and come back as fresh pages (~700 faults per step here);
+    with the thresholds raised (set when minicnn is imported) glibc reuses
+    them.  Compared in one test run, with and without the change (a
+    ``MALLOC_*`` variable, here glibc's own default top pad, makes minicnn
+    leave malloc alone), because a host that reclaims idle memory can add a
+    few dozen faults to both."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    assert _faults_per_step(env) < 20
+    with_change = _faults_per_step(env)
+    without = _faults_per_step(dict(env, MALLOC_TOP_PAD_="131072"))
+    assert without > 200, without            # the test still measures what it is about
+    assert with_change * 5 < without, (with_change, without)
