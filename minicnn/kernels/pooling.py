@@ -18,7 +18,7 @@ from minicnn.kernels.window import (  # noqa: F401
 )
 from minicnn.kernels.max_pooling import (  # noqa: F401
     _max_window, _has_nan, _maxpool_plane, _maxpool2d_forward, _max9, _maxpool2d_3x3_forward,
-    _first_max3, _maxpool_3x3s2_plane, _maxpool2d_3x3s2_forward, maxpool2d_3x3s2_forward,
+    _first_max3, _maxpool_3x3s2_block, _maxpool2d_3x3s2_forward, maxpool2d_3x3s2_forward,
     _maxpool2d_2x2_forward, _maxpool2d_backward, _maxunpool2d_forward, _maxunpool2d_backward,
     maxpool2d_forward, maxpool2d_2x2_forward, maxpool2d_3x3_forward, maxpool2d_backward,
     maxunpool2d_forward, maxunpool2d_backward
