@@ -56,9 +56,9 @@ def test_applied_on_glibc():
 def test_training_steps_do_not_page_fault():
     """A default-model forward+backward at batch 64 allocates megabytes of
     fresh arrays per step.  With glibc's defaults the freed blocks go back
-    to the kernel and come back as fresh pages (~700 faults per step here);
-    with the thresholds raised (set when minicnn is imported) glibc reuses
-    them.  Compared in one test run, with and without the change (a
+    to the kernel and come back as fresh pages (6,000-8,000 faults per step
+    here); with the thresholds raised (set when minicnn is imported) glibc
+    reuses them.  Compared in one test run, with and without the change (a
     ``MALLOC_*`` variable, here glibc's own default top pad, makes minicnn
     leave malloc alone), because a host that reclaims idle memory can add a
     few dozen faults to both."""
