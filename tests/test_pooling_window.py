@@ -602,10 +602,12 @@ def test_3x3s2_kernels_are_used_where_they_apply(monkeypatch):
     layer.forward(x)
     layer.backward(np.ones_like(y))
     assert len(calls) == 4
-    # the max kernel keeps in-plane indices as int32: a plane of 2**31 cells does not qualify
-    assert LP._overlapping_3x3s2((3, 3), (2, 2), (1, 1), (1, 1), (2**15, 2**15), (2**14, 2**14))
-    assert not LP._overlapping_3x3s2((3, 3), (2, 2), (1, 1), (1, 1), (2**16, 2**15),
-                                     (2**15, 2**14))
+    # the max kernel keeps in-plane indices as int32: a plane of 2**31 cells does not
+    # qualify for it (the average kernels keep no indices and still apply)
+    geometry = ((3, 3), (2, 2), (1, 1), (1, 1))
+    assert LP._max_3x3s2(*geometry, (2**15, 2**15), (2**14, 2**14))
+    assert not LP._max_3x3s2(*geometry, (2**16, 2**15), (2**15, 2**14))
+    assert LP._overlapping_3x3s2(*geometry, (2**16, 2**15), (2**15, 2**14))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

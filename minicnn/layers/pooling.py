@@ -94,20 +94,26 @@ def _common_2x2(k, s, p, d, x_hw, out_hw) -> bool:
 
 def _overlapping_3x3s2(k, s, p, d, x_hw, out_hw) -> bool:
     """Kernel 3, stride 2, column padding 1, row padding 0 or 1, no
-    dilation, even width, the floor-mode output size (``W_out = W/2``) and
-    fewer than 2**31 cells per plane (the max kernel keeps int32 indices):
-    the 3x3 stride-2 kernels apply (max: separable; average: sums over the
-    split even/odd columns; same results as the general ones)."""
+    dilation, even width and the floor-mode output size (``W_out = W/2``):
+    the 3x3 stride-2 average kernels apply (sums over the split even/odd
+    columns; same results as the general ones)."""
     return (k == (3, 3) and s == (2, 2) and p[1] == 1 and p[0] in (0, 1) and d == (1, 1)
-            and x_hw[1] % 2 == 0 and 2 * out_hw[1] == x_hw[1] and x_hw[0] * x_hw[1] < 2**31
+            and x_hw[1] % 2 == 0 and 2 * out_hw[1] == x_hw[1]
             and out_hw[0] == (x_hw[0] + 2 * p[0] - 3) // 2 + 1)
+
+
+def _max_3x3s2(k, s, p, d, x_hw, out_hw) -> bool:
+    """:func:`_overlapping_3x3s2` on planes of fewer than 2**31 cells: the
+    separable 3x3 stride-2 max kernel applies (it keeps in-plane indices
+    as int32; same results as the general one)."""
+    return _overlapping_3x3s2(k, s, p, d, x_hw, out_hw) and x_hw[0] * x_hw[1] < 2**31
 
 
 def _maxpool(xp, k, s, p, d, out, argmax):
     """Max pooling of planes (N*C, H, W) into ``out``, ``argmax``."""
     if _common_2x2(k, s, p, d, xp.shape[1:], out.shape[1:]):
         run_kernel(K.maxpool2d_2x2_forward, xp, out, argmax)
-    elif _overlapping_3x3s2(k, s, p, d, xp.shape[1:], out.shape[1:]):
+    elif _max_3x3s2(k, s, p, d, xp.shape[1:], out.shape[1:]):
         run_kernel(K.maxpool2d_3x3s2_forward, xp, p[0], out, argmax)
     elif k == (3, 3) and d == (1, 1):          # padding <= 1: check_window's rule
         run_kernel(K.maxpool2d_3x3_forward, xp, s[0], s[1], p[0], p[1], out, argmax)
