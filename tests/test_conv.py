@@ -100,9 +100,10 @@ def direct_cases(draw):
 ALGORITHMS = {"im2col": 0, "direct": 10**6}
 
 
-def _layer64(C, F, k, s, p, rng, algorithm="im2col"):
+def _layer64(C, F, k, s, p, rng, algorithm="im2col", dx_chunk_floats=Conv2D.dx_chunk_floats):
     layer = Conv2D(C, F, k, stride=s, padding=p).astype(np.float64)
     layer.direct_max_taps = ALGORITHMS[algorithm]
+    layer.dx_chunk_floats = dx_chunk_floats
     layer.params["W"][...] = rng.standard_normal(layer.params["W"].shape)
     layer.params["b"][...] = rng.standard_normal(F)
     return layer
@@ -122,10 +123,10 @@ def _check_forward(case, algorithm):
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
 
 
-def _check_backward(case, algorithm):
+def _check_backward(case, algorithm, dx_chunk_floats=Conv2D.dx_chunk_floats):
     N, C, F, H, W, k, s, p, seed = case
     rng = np.random.default_rng(seed)
-    layer = _layer64(C, F, k, s, p, rng, algorithm)
+    layer = _layer64(C, F, k, s, p, rng, algorithm, dx_chunk_floats)
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(x)
     dout = rng.standard_normal(y.shape)
@@ -153,6 +154,34 @@ def test_forward_matches_naive(case):
 @given(conv_cases())
 def test_backward_matches_naive(case):
     _check_backward(case, "im2col")
+
+
+@SETTINGS
+@given(conv_cases(), st.integers(1, 5000))
+def test_backward_in_chunks_of_samples_matches_naive(case, dx_chunk_floats):
+    """dx folded a few samples at a time (1 up to the whole batch, with a
+    shorter last chunk) is the same dx."""
+    _check_backward(case, "im2col", dx_chunk_floats)
+
+
+def test_backward_folds_dx_in_chunks_of_samples(monkeypatch):
+    import minicnn.layers.conv as conv_module
+    sizes = []
+
+    def spy(dcols, *args):
+        sizes.append(args[-1].shape[0])
+        return K.col2im(dcols, *args)
+    monkeypatch.setattr(conv_module, "col2im", spy)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2, 4, 4))
+    dx = {}
+    for chunk in (0, 2 * 2 * 9 * 16):          # whole batch; 2 samples (C*kh*kw*P = 2*9*16 each)
+        layer = _layer64(2, 3, 3, 1, 1, np.random.default_rng(1), dx_chunk_floats=chunk)
+        dout = np.random.default_rng(2).standard_normal(layer.forward(x).shape)
+        sizes.clear()
+        dx[chunk] = layer.backward(dout)
+        assert sizes == ([5] if chunk == 0 else [2, 2, 1])
+    np.testing.assert_allclose(dx[2 * 2 * 9 * 16], dx[0], rtol=1e-13, atol=1e-13)
 
 
 @SETTINGS
@@ -209,6 +238,7 @@ def test_naive_reference_sanity():
     np.testing.assert_array_equal(y[0, 0], [[0.5, 1.5, 1.5], [2.5, 6.5, 4.5], [2.5, 5.5, 3.5]])
 
 
+@pytest.mark.parametrize("dx_chunk_floats", [Conv2D.dx_chunk_floats, 1])   # whole batch; 1 sample a chunk
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 @pytest.mark.parametrize("k, s, p, hw", [
     (3, 1, 1, (5, 6)),
@@ -217,11 +247,12 @@ def test_naive_reference_sanity():
     (3, 3, 2, (4, 4)),          # stride == kernel: every input pixel in exactly one window
     (1, 2, 0, (5, 5)),          # stride > kernel: some pixels in no window -> dx exactly 0 there
 ])
-def test_check_gradients(k, s, p, hw, algorithm):
+def test_check_gradients(k, s, p, hw, algorithm, dx_chunk_floats):
     rng = np.random.default_rng(0)
     minicnn.manual_seed(0)
     layer = Conv2D(2, 3, k, stride=s, padding=p)
     layer.direct_max_taps = ALGORITHMS[algorithm]
+    layer.dx_chunk_floats = dx_chunk_floats
     result = check_gradients(layer, tie_free((2, 2) + hw, rng))
     assert result.passed, result.errors
     assert set(result.errors) == {"x", "W", "b"}

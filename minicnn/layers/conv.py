@@ -59,9 +59,16 @@ class Conv2D(Layer):
     ``direct_max_taps`` (class attribute, may be set per layer): a 3x3,
     stride-1 layer with ``C_in*9`` at most this takes the direct algorithm
     (module docstring); 0 turns it off.
+
+    ``dx_chunk_floats`` (class attribute, may be set per layer): backward
+    forms ``Wm.T @ dY`` and folds it with ``col2im`` for chunks of
+    ``max(1, dx_chunk_floats // (C_in*kH*kW*H_out*W_out))`` samples, so each
+    chunk's column matrix (about 4 MiB in float32) is still in cache when
+    it is folded; 0 does the whole batch at once.
     """
 
     direct_max_taps = 36
+    dx_chunk_floats = 1 << 20
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, name=None):
         super().__init__(name)
@@ -157,8 +164,15 @@ class Conv2D(Layer):
             np.sum(d2, axis=1, out=self.grads["b"])
             if not input_grad:
                 return None
-        dcols = self._buffer("_dcols", (C * kh * kw, N * P), dt)
-        np.matmul(Wm.T, d2, out=dcols)
+        # dx = col2im(Wm.T @ dY), a chunk of samples at a time: each chunk's
+        # column matrix is folded back while it is still in cache
+        K = C * kh * kw
+        B = min(N, max(1, self.dx_chunk_floats // (K * P))) if self.dx_chunk_floats else N
+        dcols = self._buffer("_dcols", (K, B * P), dt)
         dx = np.empty(self._x_shape, dt)
-        run_kernel(col2im, dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
+        for n0 in range(0, N, B):
+            n1 = min(n0 + B, N)
+            chunk = dcols if n1 - n0 == B else np.empty((K, (n1 - n0) * P), dt)
+            np.matmul(Wm.T, d2[:, n0 * P:n1 * P], out=chunk)
+            run_kernel(col2im, chunk, kh, kw, sh, sw, ph, pw, Ho, Wo, dx[n0:n1])
         return dx
