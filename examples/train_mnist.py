@@ -3,7 +3,10 @@
     python examples/train_mnist.py [--epochs 3] [--data-dir DIR]
 
 The same as `minicnn train`, spelled out: data -> model -> loss ->
-backward -> optimiser, with a one-cycle Adam schedule.
+backward -> optimiser, with a one-cycle Adam schedule.  The model is written
+in the textbook order (ReLU, then pooling); `minicnn train`'s default model
+pools first, which is the same network bit for bit with less work (see
+docs/pooling.md, "ReLU and max pooling commute").
 """
 import argparse
 
