@@ -184,6 +184,16 @@ def test_backward_folds_dx_in_chunks_of_samples(monkeypatch):
     np.testing.assert_allclose(dx[2 * 2 * 9 * 16], dx[0], rtol=1e-13, atol=1e-13)
 
 
+def test_backward_of_an_empty_batch():
+    for chunk in (Conv2D.dx_chunk_floats, 1, 0):
+        layer = Conv2D(2, 3, 3, padding=1)
+        layer.dx_chunk_floats = chunk
+        y = layer.forward(np.zeros((0, 2, 4, 4), np.float32))
+        assert y.shape == (0, 3, 4, 4)
+        assert layer.backward(np.zeros(y.shape, np.float32)).shape == (0, 2, 4, 4)
+        assert not layer.grads["W"].any() and not layer.grads["b"].any()
+
+
 @SETTINGS
 @given(direct_cases())
 def test_direct_forward_matches_naive(case):

@@ -167,7 +167,7 @@ class Conv2D(Layer):
         # dx = col2im(Wm.T @ dY), a chunk of samples at a time: each chunk's
         # column matrix is folded back while it is still in cache
         K = C * kh * kw
-        B = self.dx_chunk_floats // (K * P) if self.dx_chunk_floats and K * P else N
+        B = self.dx_chunk_floats // (K * P) if self.dx_chunk_floats else N    # K*P > 0: forward checked
         B = max(1, min(N, B))                 # >= 1 (the loop step), also for an empty batch
         dcols = self._buffer("_dcols", (K, B * P), dt)
         dx = np.empty(self._x_shape, dt)
