@@ -320,9 +320,16 @@ def test_parallel_kernels_equal_serial(serial, case):
 DIRECT_KERNELS = (("forward", {}), ("weight_grad", {"fastmath": {"reassoc"}}))
 
 
+@pytest.fixture(scope="module")
+def serial_direct():
+    """The direct kernels compiled serially, once per module (a build takes
+    seconds; inside each example it cost the suite ~100 s)."""
+    return {name: njit(parallel=False, **opts)(getattr(D, "_" + name)) for name, opts in DIRECT_KERNELS}
+
+
 @settings(max_examples=20, deadline=None)
 @given(direct_cases())
-def test_direct_kernels_parallel_equal_serial(case):
+def test_direct_kernels_parallel_equal_serial(serial_direct, case):
     """The direct kernels, threaded and compiled serially, agree bit for bit
     (the weight gradient's reassociated sums included).  NaN-filled outputs
     and scratch: an entry a kernel forgets to write stays NaN and fails."""
@@ -344,7 +351,7 @@ def test_direct_kernels_parallel_equal_serial(case):
         return xp, y, dw, db
 
     threaded = run({name: getattr(D, name) for name, _ in DIRECT_KERNELS})
-    serial = run({name: njit(parallel=False, **opts)(getattr(D, "_" + name)) for name, opts in DIRECT_KERNELS})
+    serial = run(serial_direct)
     want_xp = np.zeros((N, C, Hp, Wp), np.float32)
     want_xp[:, :, ph:ph + H, pw:pw + W] = x
     np.testing.assert_array_equal(threaded[0], want_xp)
