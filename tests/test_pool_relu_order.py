@@ -15,10 +15,9 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from minicnn.layers import MaxPool2D, ReLU
-from minicnn.models import build_model
+from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from minicnn.model import Sequential
-from minicnn.layers import Conv2D, Dense, Flatten
+from minicnn.models import build_model
 from minicnn.seeding import manual_seed
 
 # values that make ties, signed zeros, all-negative windows, infinities and NaN likely

@@ -173,7 +173,7 @@ class Conv2D(Layer):
         dx = np.empty(self._x_shape, dt)
         for n0 in range(0, N, B):
             n1 = min(n0 + B, N)
-            chunk = dcols if n1 - n0 == B else np.empty((K, (n1 - n0) * P), dt)
+            chunk = dcols if n1 - n0 == B else self._buffer("_dcols_tail", (K, (n1 - n0) * P), dt)
             np.matmul(Wm.T, d2[:, n0 * P:n1 * P], out=chunk)
             run_kernel(col2im, chunk, kh, kw, sh, sw, ph, pw, Ho, Wo, dx[n0:n1])
         return dx
