@@ -400,13 +400,40 @@ def test_im2col_and_col2im_against_definition(case):
     """cols[(c*kh + i)*kw + j, (n*Ho + oh)*Wo + ow] = x[n, c, oh*sh - ph + i, ow*sw - pw + j]
     (0 in the padding), and col2im adds every entry back to that cell, dropping
     the padding entries even when they are nonzero."""
+    _check_im2col_col2im(case, seed=7)
+
+
+@st.composite
+def three_wide_cases(draw):
+    """Geometry of the one-pass path for kernels 3 wide (stride 1, column
+    padding 1, so W_out == W): any kernel height and row padding, planes
+    down to one row or one column, H_out above, equal to or below H."""
+    kh, ph = draw(st.integers(1, 5)), draw(st.integers(0, 3))
+    H = draw(st.integers(max(1, kh - 2 * ph), 7))
+    W = draw(st.integers(1, 7))
+    N, C = draw(st.integers(0, 2)), draw(st.integers(1, 3))
+    return (N, C, H, W, kh, 3, 1, 1, ph, 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(three_wide_cases(), st.integers(0, 2**32 - 1), st.sampled_from([np.float32, np.float64]))
+def test_im2col_and_col2im_three_wide_against_definition(case, seed, dtype):
+    """The one-pass kernels for 3-wide kernels (three taps of a kernel row
+    written, or added back, in one loop) against the definition, bit for bit,
+    with zeros of both signs in the data."""
+    _check_im2col_col2im(case, seed, dtype)
+
+
+def _check_im2col_col2im(case, seed, dtype=np.float64):
     N, C, H, W, kh, kw, sh, sw, ph, pw = case
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    x = rng.standard_normal((N, C, H, W))
-    cols = np.full((C * kh * kw, N * Ho * Wo), np.nan)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    x[rng.random(x.shape) < 0.2] = -0.0
+    cols = np.full((C * kh * kw, N * Ho * Wo), np.nan, dtype)
     K.im2col(x, kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
-    dcols = rng.standard_normal(cols.shape)
+    dcols = rng.standard_normal(cols.shape).astype(dtype)
+    dcols[rng.random(dcols.shape) < 0.2] = -0.0
     want_cols = np.zeros_like(cols)
     want_dx = np.zeros_like(x)
     for n, c, i, j, oh, ow in np.ndindex(N, C, kh, kw, Ho, Wo):
@@ -415,11 +442,12 @@ def test_im2col_and_col2im_against_definition(case):
         if 0 <= h < H and 0 <= w < W:
             want_cols[r, q] = x[n, c, h, w]
             want_dx[n, c, h, w] += dcols[r, q]
-    np.testing.assert_array_equal(cols, want_cols)
+    assert cols.tobytes() == want_cols.tobytes()          # bit for bit: -0.0 stays -0.0
     dx = np.full_like(x, np.nan)
     K.col2im(dcols.copy(), kh, kw, sh, sw, ph, pw, Ho, Wo, dx)
-    # same taps in the same (i, j) order per cell: equal to the last bit
-    np.testing.assert_array_equal(dx, want_dx)
+    # same taps in the same (i, j) order per cell, each sum started at +0:
+    # equal to the last bit
+    assert dx.tobytes() == want_dx.tobytes()
 
 
 # ------------------------------------------------------------------- dtypes
