@@ -107,14 +107,14 @@ def _three_shifted_planes(src, di, H_out, W, d0, d1, d2):
         d_j[oh*W + ow] = src[(oh + di)*W + ow + j - 1]   inside the plane, else 0
 
     ``src`` is the (H, W) plane, flat; ``d0, d1, d2`` are (H_out*W,).  The
-    rows inside the plane, ``[q0, q1)`` of the block, are one run of the
-    plane read at ``off = di*W``; ``d1`` is that run, ``d0`` and ``d2`` the
-    same run moved one cell right and left, all three written in one loop
-    from one load (im2col 1.4-1.8x faster than with three
+    block's rows inside the plane, entries ``[q0, q1)``, read one run ``s``
+    of the plane (starting at ``q0 + di*W``): ``d1`` is ``s``, and ``d0``
+    and ``d2`` are ``s`` moved one cell right and left, all three written
+    in one loop over the run (im2col 1.4-1.8x faster than with three
     :func:`_shifted_plane` calls, on 14x14 planes; benchmarks/README.md).
-    Then the cells that read
-    column -1 or column W (the padding) are zeroed: column 0 of ``d0`` and
-    column W-1 of ``d2``, which also covers the two ends of the run.
+    Then the entries that read column -1 or column W (the padding) are
+    zeroed: column 0 of ``d0`` and column W-1 of ``d2``, which also covers
+    the two ends of the run.
     """
     oh_lo, oh_hi = _inside(H_out, 1, di, src.shape[0] // W)
     q0 = oh_lo * W
