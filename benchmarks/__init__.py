@@ -19,6 +19,13 @@ Modules (one concept each)::
     report.py      ratios, targets (pass/fail), Markdown and JSON writers
 """
 
+import time as _time
+
+IMPORT_STARTED = _time.perf_counter()
+"""``time.perf_counter()`` just before ``import minicnn`` below: the warm-start
+child (compile.py) counts its import time from here, as ``python -m
+benchmarks.compile`` has imported minicnn by the time the child runs."""
+
 # minicnn first, before anything imports numpy: it sets the thread variables
 # OpenBLAS reads when numpy loads it (minicnn/threads.py), as `minicnn train` does.
 import minicnn  # noqa: E402,F401
