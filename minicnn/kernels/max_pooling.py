@@ -321,12 +321,47 @@ def _maxpool2d_3x3s2_forward(x, ph, out, argmax):
                     _maxpool_plane(x, p, 2, 2, ph, 1, 1, 1, i0s, i1s, j0s, j1s, out, argmax)
 
 
+@njit(cache=True)
+def _first_max4(a, b, c, d, ia, ib, ic, id_):
+    """The 2x2 window rule: of the taps a, b, c, d (row-major order, flat
+    indices ia..id_), the first maximum wins (strict ``>``); if any tap is
+    NaN, the last NaN wins instead.  Returns ``(value, index)``.  Shared by
+    :func:`_maxpool2d_2x2_forward` and the convolution kernels that pool
+    their own output (:mod:`minicnn.kernels.conv`, ``conv_direct``)."""
+    best = a
+    idx = ia
+    if b > best:
+        best = b
+        idx = ib
+    if c > best:
+        best = c
+        idx = ic
+    if d > best:
+        best = d
+        idx = id_
+    if (a != a) | (b != b) | (c != c) | (d != d):   # rare: the last NaN wins
+        if a != a:
+            best = a
+            idx = ia
+        if b != b:
+            best = b
+            idx = ib
+        if c != c:
+            best = c
+            idx = ic
+        if d != d:
+            best = d
+            idx = id_
+    return best, idx
+
+
 def _maxpool2d_2x2_forward(x, out, argmax):
     """:func:`_maxpool2d_forward` for kernel 2x2, stride 2, no padding, no
     dilation, every window full (``2*H_out <= H``, ``2*W_out <= W``).
 
     Same shapes, same rule, same result bit for bit: the taps a, b, c, d in
-    row-major order, first maximum wins, then the last NaN if any.
+    row-major order, first maximum wins, then the last NaN if any
+    (:func:`_first_max4`).
 
     Parallel: prange over the P planes; iteration p writes only plane p.
     H_out, W_out: ``geometry.output_size`` (read from the output's shape).
@@ -338,20 +373,8 @@ def _maxpool2d_2x2_forward(x, out, argmax):
             h = 2 * oh
             for ow in range(W_out):
                 w = 2 * ow
-                a, b = x[p, h, w], x[p, h, w + 1]
-                c, d = x[p, h + 1, w], x[p, h + 1, w + 1]
-                best, idx = a, h * W + w
-                if b > best:
-                    best, idx = b, h * W + w + 1
-                if c > best:
-                    best, idx = c, h * W + W + w
-                if d > best:
-                    best, idx = d, h * W + W + w + 1
-                if (a != a) | (b != b) | (c != c) | (d != d):   # rare: the last NaN wins
-                    for v, k in ((a, h * W + w), (b, h * W + w + 1),
-                                 (c, h * W + W + w), (d, h * W + W + w + 1)):
-                        if v != v:
-                            best, idx = v, k
+                best, idx = _first_max4(x[p, h, w], x[p, h, w + 1], x[p, h + 1, w], x[p, h + 1, w + 1],
+                                        h * W + w, h * W + w + 1, h * W + W + w, h * W + W + w + 1)
                 out[p, oh, ow] = best
                 argmax[p, oh, ow] = idx
 
