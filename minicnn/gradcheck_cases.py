@@ -45,6 +45,17 @@ def _small_model(rng):
     return model, _x(rng, 2, 1, 8, 8), None
 
 
+def _fused_model(rng):
+    """Both Conv2D -> MaxPool2D(2) pairs run fused (``Model.fuse``): the first
+    conv takes the direct path (2*9 taps), the second the GEMM path (5*9);
+    odd planes (7x9 -> 3x4 -> 1x2) leave cells no window covers."""
+    m.manual_seed(3)
+    model = m.Sequential([m.Conv2D(2, 5, 3, padding=1), m.MaxPool2D(2), m.ReLU(),
+                          m.Conv2D(5, 4, 3, padding=1), m.MaxPool2D(2),
+                          m.Flatten(), m.Dense(4 * 1 * 2, 3)], input_shape=(2, 7, 9))
+    return model, _x(rng, 2, 2, 7, 9), None
+
+
 def _branching_model(rng):
     m.manual_seed(2)
     inp = m.Input((2, 8, 8))
@@ -89,6 +100,7 @@ CASES: list[Case] = [
     Case("MaxUnpool2D", lambda r: _unpool(r)),
     Case("model: conv-relu-pool-conv-dense", _small_model),
     Case("model: branching max|avg|SPP concat", _branching_model),
+    Case("model: fused conv+pool pairs (direct and GEMM paths)", _fused_model),
 ]
 
 

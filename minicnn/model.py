@@ -12,6 +12,11 @@ Forward visits the nodes in topological order.  Backward visits them in
 reverse, and where a node feeds several consumers the upstream gradients
 are *summed* (the multivariate chain rule).  ``Sequential`` is the special
 case of a chain.
+
+One exception to "layer by layer": a Conv2D whose output only a plain 2x2
+MaxPool2D reads runs together with it (``_Graph.fuse``), which gives the
+same values and gradients bit for bit without storing the
+full-resolution map (docs/pooling.md, "Implementation notes").
 """
 from __future__ import annotations
 
@@ -80,12 +85,44 @@ class _Graph:
         return [n.layer for n in self._nodes[1:]]
 
     # ------------------------------------------------------------- compute
+    #: Run each Conv2D whose output is read only by a plain 2x2 MaxPool2D
+    #: as one step (:meth:`Conv2D.forward_maxpool2x2`): the same values
+    #: and gradients, without writing the full-resolution map.  Set
+    #: ``model.fuse = False`` to run every layer on its own.
+    fuse = True
+
+    def _conv_pool_pairs(self) -> dict:
+        """{id(conv node): pool node} for the pairs :attr:`fuse` runs as one."""
+        from minicnn.layers.conv import Conv2D
+        from minicnn.layers.pooling import MaxPool2D
+
+        readers: dict = {}
+        for node in self._nodes[1:]:
+            for i in node.inputs:
+                readers.setdefault(id(i), []).append(node)
+        pairs = {}
+        for node in self._nodes[1:]:
+            r = readers.get(id(node), [])
+            if (isinstance(node.layer, Conv2D) and node is not self._output and len(r) == 1
+                    and isinstance(r[0].layer, MaxPool2D) and r[0].layer.is_plain_2x2()):
+                pairs[id(node)] = r[0]
+        return pairs
+
     def forward(self, x):
         values = {id(self._input): x}
+        pairs = self._conv_pool_pairs() if self.fuse else {}
+        self._fused = {}                      # id(pool node) -> conv node, for backward
         try:
             for node in self._nodes[1:]:
+                if id(node) in self._fused:   # computed with its conv
+                    continue
                 args = [values[id(i)] for i in node.inputs]
-                values[id(node)] = node.layer.forward(*args)
+                pool = pairs.get(id(node))
+                if pool is not None:
+                    values[id(pool)] = node.layer.forward_maxpool2x2(*args, pool.layer)
+                    self._fused[id(pool)] = node
+                else:
+                    values[id(node)] = node.layer.forward(*args)
         except ValueError as e:
             got = tuple(np.shape(x)[1:])
             if self.input_shape is not None and got != self.input_shape:
@@ -101,16 +138,26 @@ class _Graph:
         ``input_grad=False`` (training: nobody needs the gradient with
         respect to the data) returns None and lets the layers that read
         only the input compute just their parameter gradients
-        (:meth:`Layer.backward_params`)."""
+        (:meth:`Layer.backward_params`).  A conv/pool pair that forward ran
+        as one step goes back as one (:meth:`Conv2D.backward_maxpool2x2`)."""
         grads = {id(self._output): dout}
+        fused = getattr(self, "_fused", {})
         for node in reversed(self._nodes[1:]):
             g = grads.pop(id(node), None)
-            if g is None:  # node does not reach the output
+            if g is None:  # node does not reach the output, or went back with its pool
                 continue
-            if not input_grad and all(i is self._input for i in node.inputs):
+            conv = fused.get(id(node))
+            if conv is not None:              # node is a pool computed by conv: both at once
+                pool, node = node.layer, conv
+                params_only = not input_grad and all(i is self._input for i in node.inputs)
+                din = node.layer.backward_maxpool2x2(g, pool, not params_only)
+                if params_only:
+                    continue
+            elif not input_grad and all(i is self._input for i in node.inputs):
                 node.layer.backward_params(g)
                 continue
-            din = node.layer.backward(g)
+            else:
+                din = node.layer.backward(g)
             if len(node.inputs) == 1:
                 din = (din,)
             for inp, d in zip(node.inputs, din):

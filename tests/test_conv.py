@@ -318,6 +318,7 @@ def test_parallel_kernels_equal_serial(serial, case):
 
 
 DIRECT_KERNELS = (("forward", {}), ("weight_grad", {"fastmath": {"reassoc"}}))
+NO_ARGMAX = np.empty((0, 0, 0, 0), np.int64)   # weight_grad's argmax argument when not pooled
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +348,7 @@ def test_direct_kernels_parallel_equal_serial(serial_direct, case):
         y = np.full((N, F, Ho, Wo), np.nan, np.float32)
         k["forward"](x, ph, pw, w, b, xp, np.full((N, 2, Ho * Wp), np.nan, np.float32), y)
         dw, db = np.full(w.shape, np.nan, np.float32), np.full(F, np.nan, np.float32)
-        k["weight_grad"](xp, g, np.full((F, Ho * Wp), np.nan, np.float32), dw, db)
+        k["weight_grad"](xp, g, NO_ARGMAX, False, np.full((F, Ho * Wp), np.nan, np.float32), dw, db)
         return xp, y, dw, db
 
     threaded = run({name: getattr(D, name) for name, _ in DIRECT_KERNELS})

@@ -36,6 +36,16 @@ path, which does not need the column matrix)::
     dW[f, c, i, j] = sum_n sum_{oh,ow} dY[n, f, oh, ow] * xp[n, c, oh + i, ow + j]
     db[f]          = sum_n sum_{oh,ow} dY[n, f, oh, ow]
 
+**After 2x2 max pooling** (``pool=True``, used by
+:meth:`minicnn.layers.conv.Conv2D.backward_maxpool2x2`): the weight
+gradient takes the gradient of the pooled output and the pooling's
+winners and rebuilds each plane of ``dY`` (zero but at the winners, the
+max-pool backward) in its scratch row, so the full-resolution ``dY`` is
+never written to memory.  The values are those of the pooling layer's
+backward followed by this one, bit for bit.  (Pooling inside the forward
+kernel was measured too, and was slower than the pooling kernel after
+it: see benchmarks/README.md.)
+
 Those are long dot products; :func:`weight_grad` lets LLVM reorder their
 additions (``fastmath={"reassoc"}``, nothing else) so they vectorise.  The
 order is then the compiler's, fixed per build and independent of the
@@ -148,19 +158,43 @@ def _copy_out(a, Wp, dst):
             row[ow] = src[ow]
 
 
-def _weight_grad(xp, dy, gy, dw, db):
+@njit(cache=True, inline="always")
+def _unpool_into(d, am, Wp, g):
+    """``g`` (one scratch row of pitch ``Wp``, ``Wo = Wp - 2``) = the 2x2
+    max-pool backward of ``d`` (H2, W2) with winners ``am`` (flat indices
+    ``oh*Wo + ow``): zero, then ``g[winner] += d``, in row-major order."""
+    H2, W2 = d.shape
+    Wo = Wp - 2
+    zero = g.dtype.type(0)
+    for q in range(g.shape[0]):
+        g[q] = zero
+    for i in range(H2):
+        for j in range(W2):
+            off = am[i, j] - (2 * i * Wo + 2 * j)            # 0, 1, Wo or Wo + 1
+            q = 2 * i * Wp + 2 * j + off + (Wp - Wo) * (off >= Wo)
+            g[q] += d[i, j]
+
+
+def _weight_grad(xp, dy, argmax, pool, gy, dw, db):
     """``dW`` and ``db`` of the forward above (formulas in the module
     docstring).  ``gy`` (F, Ho*Wp) is scratch: row ``f`` holds one plane of
     ``dY[:, f]`` laid out with the padded row pitch and zeros in the
     straddling entries, so every tap is one flat dot product
     ``sum_q gy[f, q] * xp_flat[n, c, q + i*Wp + j]`` over ``q < L``.
 
+    ``pool`` False: ``dy`` is dY (N, F, Ho, Wo); ``argmax`` is not used.
+    ``pool`` True: ``dy`` is the gradient of the pooled output and
+    ``argmax`` the forward's winners, both (N, F, Ho//2, Wo//2); the plane
+    of dY is the max-pool backward's ``0; dY[argmax] += dy``, built in the
+    scratch row (a winner's offset inside its window is ``0, 1, Wo`` or
+    ``Wo + 1``, so no division is needed to place it).
+
     Parallel contract: prange over the filters; iteration ``f`` writes only
     ``dw[f]``, ``db[f]`` and ``gy[f]``.
     """
     N, C, Hp, Wp = xp.shape
     F = dw.shape[0]
-    Ho, Wo = dy.shape[2], dy.shape[3]
+    Ho, Wo = Hp - 2, Wp - 2
     L = (Ho - 1) * Wp + Wo
     xf = xp.reshape((N, C, Hp * Wp))
     zero = dw.dtype.type(0)
@@ -174,12 +208,15 @@ def _weight_grad(xp, dy, gy, dw, db):
                     dw[f, c, i, j] = zero
         bsum = zero
         for n in range(N):
-            src = dy[n, f]
-            for oh in range(Ho):
-                row = g[oh * Wp:oh * Wp + Wo]
-                s = src[oh]
-                for ow in range(Wo):
-                    row[ow] = s[ow]
+            if pool:
+                _unpool_into(dy[n, f], argmax[n, f], Wp, g)
+            else:
+                src = dy[n, f]
+                for oh in range(Ho):
+                    row = g[oh * Wp:oh * Wp + Wo]
+                    s = src[oh]
+                    for ow in range(Wo):
+                        row[ow] = s[ow]
             tb = zero
             for q in range(L):
                 tb += g[q]
