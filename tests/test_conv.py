@@ -348,7 +348,8 @@ def test_direct_kernels_parallel_equal_serial(serial_direct, case):
         y = np.full((N, F, Ho, Wo), np.nan, np.float32)
         k["forward"](x, ph, pw, w, b, xp, np.full((N, 2, Ho * Wp), np.nan, np.float32), y)
         dw, db = np.full(w.shape, np.nan, np.float32), np.full(F, np.nan, np.float32)
-        k["weight_grad"](xp, g, NO_ARGMAX, False, np.full((F, Ho * Wp), np.nan, np.float32), dw, db)
+        k["weight_grad"](xp, g, NO_ARGMAX, False, np.full((N, C, 2, Hp * Wp - 2), np.nan, np.float32),
+                         np.full((F, Ho * Wp), np.nan, np.float32), dw, db)
         return xp, y, dw, db
 
     threaded = run({name: getattr(D, name) for name, _ in DIRECT_KERNELS})

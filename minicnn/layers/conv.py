@@ -210,8 +210,10 @@ class Conv2D(Layer):
             dout = pool._dout(dout).reshape((N, F) + pool._out_hw)     # checked by the pool
             argmax = pool._argmax.reshape(dout.shape)
         if self._direct:
-            gy = self._buffer("_gy", (F, Ho * self._xp.shape[3]), dt)
-            run_kernel(conv_direct.weight_grad, self._xp, dout, argmax, pool is not None, gy,
+            Hp, Wp = self._xp.shape[2:]
+            gy = self._buffer("_gy", (F, Ho * Wp), dt)
+            xs = self._buffer("_xs", (N, C, 2, Hp * Wp - 2), dt)
+            run_kernel(conv_direct.weight_grad, self._xp, dout, argmax, pool is not None, xs, gy,
                        self.grads["W"], self.grads["b"], size=N * F * P)
             if not input_grad:
                 return None
