@@ -13,10 +13,11 @@ reverse, and where a node feeds several consumers the upstream gradients
 are *summed* (the multivariate chain rule).  ``Sequential`` is the special
 case of a chain.
 
-One exception to "layer by layer": a Conv2D whose output only a plain 2x2
-MaxPool2D reads runs together with it (``_Graph.fuse``), which gives the
-same values and gradients bit for bit without storing the
-full-resolution map (docs/pooling.md, "Implementation notes").
+One exception to "layer by layer": backward goes through a Conv2D whose
+output only a plain 2x2 MaxPool2D reads together with that pooling
+(``_Graph.fuse``), which gives the same gradients bit for bit without
+storing the full-resolution gradient (docs/pooling.md, "Implementation
+notes").
 """
 from __future__ import annotations
 
@@ -85,14 +86,14 @@ class _Graph:
         return [n.layer for n in self._nodes[1:]]
 
     # ------------------------------------------------------------- compute
-    #: Run each Conv2D whose output is read only by a plain 2x2 MaxPool2D
-    #: as one step (:meth:`Conv2D.forward_maxpool2x2`): the same values
-    #: and gradients, without writing the full-resolution map.  Set
-    #: ``model.fuse = False`` to run every layer on its own.
+    #: Backpropagate through each Conv2D whose output only a plain 2x2
+    #: MaxPool2D reads as one step (:meth:`Conv2D.backward_maxpool2x2`):
+    #: the same gradients, without writing the full-resolution gradient.
+    #: Set ``model.fuse = False`` to run every layer's backward on its own.
     fuse = True
 
     def _conv_pool_pairs(self) -> dict:
-        """{id(conv node): pool node} for the pairs :attr:`fuse` runs as one."""
+        """{id(pool node): conv node} for the pairs :attr:`fuse` runs as one."""
         from minicnn.layers.conv import Conv2D
         from minicnn.layers.pooling import MaxPool2D
 
@@ -105,24 +106,15 @@ class _Graph:
             r = readers.get(id(node), [])
             if (isinstance(node.layer, Conv2D) and node is not self._output and len(r) == 1
                     and isinstance(r[0].layer, MaxPool2D) and r[0].layer.is_plain_2x2()):
-                pairs[id(node)] = r[0]
+                pairs[id(r[0])] = node
         return pairs
 
     def forward(self, x):
         values = {id(self._input): x}
-        pairs = self._conv_pool_pairs() if self.fuse else {}
-        self._fused = {}                      # id(pool node) -> conv node, for backward
         try:
             for node in self._nodes[1:]:
-                if id(node) in self._fused:   # computed with its conv
-                    continue
                 args = [values[id(i)] for i in node.inputs]
-                pool = pairs.get(id(node))
-                if pool is not None:
-                    values[id(pool)] = node.layer.forward_maxpool2x2(*args, pool.layer)
-                    self._fused[id(pool)] = node
-                else:
-                    values[id(node)] = node.layer.forward(*args)
+                values[id(node)] = node.layer.forward(*args)
         except ValueError as e:
             got = tuple(np.shape(x)[1:])
             if self.input_shape is not None and got != self.input_shape:
@@ -138,16 +130,17 @@ class _Graph:
         ``input_grad=False`` (training: nobody needs the gradient with
         respect to the data) returns None and lets the layers that read
         only the input compute just their parameter gradients
-        (:meth:`Layer.backward_params`).  A conv/pool pair that forward ran
-        as one step goes back as one (:meth:`Conv2D.backward_maxpool2x2`)."""
+        (:meth:`Layer.backward_params`).  A Conv2D whose output only a plain
+        2x2 MaxPool2D reads goes back together with it (:attr:`fuse`,
+        :meth:`Conv2D.backward_maxpool2x2`)."""
         grads = {id(self._output): dout}
-        fused = getattr(self, "_fused", {})
+        fused = self._conv_pool_pairs() if self.fuse else {}
         for node in reversed(self._nodes[1:]):
             g = grads.pop(id(node), None)
             if g is None:  # node does not reach the output, or went back with its pool
                 continue
             conv = fused.get(id(node))
-            if conv is not None:              # node is a pool computed by conv: both at once
+            if conv is not None:              # node pools conv's output: both at once
                 pool, node = node.layer, conv
                 params_only = not input_grad and all(i is self._input for i in node.inputs)
                 din = node.layer.backward_maxpool2x2(g, pool, not params_only)

@@ -20,8 +20,6 @@ With ``Wm = W.reshape(C_out, C*kH*kW)`` the forward pass is
 """
 from numba import njit, prange
 
-from minicnn.kernels.max_pooling import _first_max4
-
 
 @njit(cache=True)
 def _inside(n_out, s, offset, L):
@@ -349,32 +347,6 @@ def _rows_from_nchw(d, out):
             dst[k] = src[k]
 
 
-def _maxpool2x2_from_rows(y2d, b, Ho, Wo, out, argmax):
-    """:func:`_nchw_from_rows` followed by 2x2 stride-2 max pooling, without
-    the full NCHW map: plane ``(n, f)`` of the convolution is
-    ``y2d[f, n*P:(n+1)*P] + b[f]`` (``P = Ho*Wo``, rows of ``Wo``), and
-    ``out[n, f]``, ``argmax[n, f]`` (N, F, Ho//2, Wo//2) get its pooling
-    and the winners' flat indices ``h*Wo + w`` under ``MaxPool2D``'s rule
-    (:func:`minicnn.kernels.max_pooling._first_max4`).  The same values and
-    indices, bit for bit, as the two steps.  Parallel contract: prange over
-    the N*F planes; iteration ``(n, f)`` writes only ``out[n, f]`` and
-    ``argmax[n, f]``."""
-    N, F, H2, W2 = out.shape
-    P = Ho * Wo
-    for plane in prange(N * F):
-        n = plane // F
-        f = plane % F
-        src = y2d[f, n * P:(n + 1) * P]
-        bf = b[f]
-        for i in range(H2):
-            for j in range(W2):
-                k = 2 * i * Wo + 2 * j
-                best, idx = _first_max4(src[k] + bf, src[k + 1] + bf, src[k + Wo] + bf,
-                                        src[k + Wo + 1] + bf, k, k + 1, k + Wo, k + Wo + 1)
-                out[n, f, i, j] = best
-                argmax[n, f, i, j] = idx
-
-
 def _rows_from_maxpool2x2(dout, argmax, Ho, Wo, out):
     """The 2x2 max-pool backward followed by :func:`_rows_from_nchw`, without
     the full NCHW gradient: ``dout``, ``argmax`` (N, F, Ho//2, Wo//2) ->
@@ -399,5 +371,4 @@ im2col = njit(parallel=True, cache=True)(_im2col)
 col2im = njit(parallel=True, cache=True)(_col2im)
 nchw_from_rows = njit(parallel=True, cache=True)(_nchw_from_rows)
 rows_from_nchw = njit(parallel=True, cache=True)(_rows_from_nchw)
-maxpool2x2_from_rows = njit(parallel=True, cache=True)(_maxpool2x2_from_rows)
 rows_from_maxpool2x2 = njit(parallel=True, cache=True)(_rows_from_maxpool2x2)

@@ -30,12 +30,11 @@ behind the rule):
 
 The two differ only in the order of float additions.
 
-Followed by 2x2 max pooling (:meth:`Conv2D.forward_maxpool2x2`, which the
-model uses when only the pooling reads the convolution): the GEMM path
-pools the product's rows as it adds the bias, and both paths take the
-pooled gradient and the winners in backward, so the full-resolution
-gradient is never stored.  Same values and gradients, bit for bit, as the
-two layers.
+Backward through a following 2x2 max pooling (:meth:`Conv2D.backward_maxpool2x2`,
+which the model uses when only the pooling reads the convolution): both
+paths take the pooled gradient and the pooling's winners, so the
+full-resolution gradient is never stored.  Same gradients, bit for bit,
+as the two layers' backward passes.
 """
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ import numpy as np
 
 from minicnn import seeding
 from minicnn.kernels import conv_direct
-from minicnn.kernels.conv import (col2im, im2col, maxpool2x2_from_rows, nchw_from_rows,
-                                  rows_from_maxpool2x2, rows_from_nchw)
+from minicnn.kernels.conv import col2im, im2col, nchw_from_rows, rows_from_maxpool2x2, rows_from_nchw
 from minicnn.layers.base import Layer
 from minicnn.layers.geometry import check_window, pair, window_output_shape
 from minicnn.threads import run_kernel
@@ -113,25 +111,6 @@ class Conv2D(Layer):
         return buf
 
     def forward(self, x):
-        return self._forward(x, None)
-
-    def forward_maxpool2x2(self, x, pool):
-        """``pool.forward(self.forward(x))`` in one step, for ``pool`` a
-        :class:`~minicnn.layers.pooling.MaxPool2D` with
-        ``pool.is_plain_2x2()``: x (N, C, H, W) -> (N, C_out, Ho//2, Wo//2).
-
-        The GEMM path pools the product's rows while adding the bias, so
-        the full (N, C_out, Ho, Wo) map is never written to memory nor read
-        back; the direct path runs the two layers one after the other (its
-        kernel with the pooling inside was slower).  Both layers are left
-        with the caches of their own forward passes, and the values and
-        winners are theirs bit for bit.  Backward: :meth:`backward_maxpool2x2`
-        (or the two layers' own backward passes).  The model runs a Conv2D
-        whose output only such a pooling reads this way (``Model.fuse``).
-        """
-        return self._forward(x, pool)
-
-    def _forward(self, x, pool):
         x = self._as_input(x, 4)
         N, C, H, W = x.shape
         if C != self.in_channels:
@@ -139,36 +118,24 @@ class Conv2D(Layer):
                              f"got input of shape {x.shape} with {C}")
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         Ho, Wo = window_output_shape(self.name, (H, W), self.kernel_size, self.stride, self.padding)
-        F = self.out_channels
         dt = self.dtype
-        if pool is not None:
-            H2, W2 = pool.out_hw((Ho, Wo))      # the pool's own error if (Ho, Wo) is too small
         self._direct = self.uses_direct(C)
-        self._x_shape = x.shape
         x = np.ascontiguousarray(x)
         if self._direct:
-            # Pooling inside the direct kernel was slower than the pooling
-            # layer after it (benchmarks/README.md), so that pair runs as two.
-            y = np.empty((N, F, Ho, Wo), dt)
+            y = np.empty((N, self.out_channels, Ho, Wo), dt)
             xp = self._buffer("_xp", (N, C, H + 2 * ph, W + 2 * pw), dt)
             acc = self._buffer("_acc", (N, 2, Ho * xp.shape[3]), dt)
             run_kernel(conv_direct.forward, x, ph, pw, self.params["W"], self.params["b"], xp, acc, y,
                        size=max(xp.size, y.size))
-            return y if pool is None else pool.forward(y)
-        cols = self._buffer("_cols", (C * kh * kw, N * Ho * Wo), dt)
-        run_kernel(im2col, x, kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
-        y2d = self._buffer("_y2d", (F, N * Ho * Wo), dt)
-        np.matmul(self.params["W"].reshape(F, -1), cols, out=y2d)
-        if pool is None:
-            y = np.empty((N, F, Ho, Wo), dt)
-            run_kernel(nchw_from_rows, y2d, self.params["b"], y.reshape(N, F, Ho * Wo))
-            return y
-        y = np.empty((N, F, H2, W2), dt)
-        argmax = np.empty((N * F, H2, W2), np.int64)
-        run_kernel(maxpool2x2_from_rows, y2d, self.params["b"], Ho, Wo, y,
-                   argmax.reshape(N, F, H2, W2), size=y2d.size)
-        pool.take_cache((N, F, Ho, Wo), dt, argmax)
-        return y
+        else:
+            cols = self._buffer("_cols", (C * kh * kw, N * Ho * Wo), dt)
+            run_kernel(im2col, x, kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
+            y2d = self._buffer("_y2d", (self.out_channels, N * Ho * Wo), dt)
+            np.matmul(self.params["W"].reshape(self.out_channels, -1), cols, out=y2d)
+            y = np.empty((N, self.out_channels, Ho * Wo), dt)
+            run_kernel(nchw_from_rows, y2d, self.params["b"], y)
+        self._x_shape = x.shape
+        return y.reshape(N, self.out_channels, Ho, Wo)
 
     def uses_direct(self, in_channels):
         """Whether forward takes the direct algorithm for this input."""
@@ -183,13 +150,17 @@ class Conv2D(Layer):
         self._backward(dout, False, None)
 
     def backward_maxpool2x2(self, dout, pool, input_grad=True):
-        """Backward of :meth:`forward_maxpool2x2`: ``dout`` is the gradient
-        of the pooled output (N, C_out, Ho//2, Wo//2).  Sets dW and db and
-        returns dx (None when ``input_grad`` is False), the values of
-        ``self.backward(pool.backward(dout))`` but without the full
-        (N, C_out, Ho, Wo) gradient: the winners' gradients are placed
-        straight into the layout the weight gradient reads (the direct
-        kernel's scratch rows, or the GEMM path's (C_out, N*Ho*Wo) matrix)."""
+        """``self.backward(pool.backward(dout))`` in one step, for ``pool`` a
+        :class:`~minicnn.layers.pooling.MaxPool2D` with
+        ``pool.is_plain_2x2()`` whose last forward pooled this layer's last
+        output: ``dout`` is the gradient of the pooled output (N, C_out,
+        Ho//2, Wo//2).  Sets dW and db and returns dx (None when
+        ``input_grad`` is False), the same values bit for bit, but the
+        full-resolution gradient (N, C_out, Ho, Wo) is never written: the
+        winners' gradients go straight into the layout the weight gradient
+        reads (the direct kernel's scratch rows, or the GEMM path's
+        (C_out, N*Ho*Wo) matrix).  The model's backward takes this path for
+        such a pair (``Model.fuse``)."""
         return self._backward(dout, input_grad, pool)
 
     def _backward(self, dout, input_grad, pool):
@@ -204,6 +175,7 @@ class Conv2D(Layer):
             dout = np.ascontiguousarray(self._check_dout(dout, (N, F, Ho, Wo)), dtype=dt)
             argmax = _NO_ARGMAX
         else:
+            pool._need_forward("_x_shape")
             if pool._x_shape != (N, F, Ho, Wo):
                 raise RuntimeError(f"{self.name}.backward_maxpool2x2: {pool.name} did not pool "
                                    f"this layer's last output (it holds {pool._x_shape})")

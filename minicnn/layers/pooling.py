@@ -186,7 +186,8 @@ class MaxPool2D(_Pool):
         """x: (N, C, H, W) -> y: (N, C, H_out, W_out) [, indices int64, same shape]."""
         x = self._as_input(x, 4)
         N, C, H, W = x.shape
-        Ho, Wo = self.out_hw((H, W))
+        Ho, Wo = window_output_shape(self.name, (H, W), self.kernel_size, self.stride,
+                                     self.padding, self.dilation, self.ceil_mode)
         y = np.empty((N * C, Ho, Wo), x.dtype)
         argmax = np.empty((N * C, Ho, Wo), np.int64)
         _maxpool(_planes(x), self.kernel_size, self.stride, self.padding, self.dilation, y, argmax)
@@ -204,26 +205,10 @@ class MaxPool2D(_Pool):
 
     def is_plain_2x2(self) -> bool:
         """Kernel 2, stride 2, no padding or dilation, floor mode, no indices
-        returned: the pooling a :class:`~minicnn.layers.conv.Conv2D` can do
-        on its own output (``Conv2D.forward_maxpool2x2``)."""
+        returned: the pooling whose backward a :class:`~minicnn.layers.conv.Conv2D`
+        can take over (``Conv2D.backward_maxpool2x2``)."""
         return (self.kernel_size == (2, 2) and self.stride == (2, 2) and self.padding == (0, 0)
                 and self.dilation == (1, 1) and not self.ceil_mode and not self.return_indices)
-
-    def out_hw(self, hw):
-        """Output (H, W) for an input plane of size ``hw``; raises this
-        layer's ValueError if the input is too small."""
-        return window_output_shape(self.name, hw, self.kernel_size, self.stride, self.padding,
-                                   self.dilation, self.ceil_mode)
-
-    def take_cache(self, x_shape, dtype, argmax):
-        """Hold what :meth:`forward` would have cached for an input of
-        ``x_shape`` and ``dtype`` whose winners are ``argmax`` (N*C, H_out,
-        W_out); a layer that pooled its own output through this one
-        (``Conv2D.forward_maxpool2x2``) calls it, so :meth:`backward` works
-        as after a forward of its own."""
-        self._argmax = argmax
-        self._x_shape, self._x_dtype = tuple(x_shape), np.dtype(dtype)
-        self._out_hw = tuple(argmax.shape[1:])
 
 
 class MaxUnpool2D(_Pool):
