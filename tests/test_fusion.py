@@ -5,7 +5,7 @@ the same gradients (dx, dW, db), in both dtypes, on both convolution
 algorithms (direct: ``C_in*9 <= 36``; im2col + GEMM: more), with ties,
 NaN, signed zeros and odd planes whose last row or column no window
 covers.  The numerical gradient check of a fused model is in
-``minicnn.gradcheck_cases`` ("model: fused conv+pool pairs").
+``minicnn.gradcheck_cases`` ("model: conv+pool backward as one step", both paths).
 """
 import copy
 
