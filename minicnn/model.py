@@ -139,18 +139,18 @@ class _Graph:
             g = grads.pop(id(node), None)
             if g is None:  # node does not reach the output, or went back with its pool
                 continue
-            conv = fused.get(id(node))
-            if conv is not None:              # node pools conv's output: both at once
-                pool, node = node.layer, conv
-                params_only = not input_grad and all(i is self._input for i in node.inputs)
+            pool = None
+            if id(node) in fused:             # node pools a conv's output: both at once
+                pool, node = node.layer, fused[id(node)]
+            params_only = not input_grad and all(i is self._input for i in node.inputs)
+            if pool is not None:
                 din = node.layer.backward_maxpool2x2(g, pool, not params_only)
-                if params_only:
-                    continue
-            elif not input_grad and all(i is self._input for i in node.inputs):
+            elif params_only:
                 node.layer.backward_params(g)
-                continue
             else:
                 din = node.layer.backward(g)
+            if params_only:
+                continue
             if len(node.inputs) == 1:
                 din = (din,)
             for inp, d in zip(node.inputs, din):

@@ -85,11 +85,15 @@ class _Pool(Layer):
         return np.empty((N * C, H, W), self._x_dtype)
 
 
+def _plain_2x2(k, s, p, d) -> bool:
+    """Kernel 2, stride 2, no padding or dilation."""
+    return k == (2, 2) and s == (2, 2) and p == (0, 0) and d == (1, 1)
+
+
 def _common_2x2(k, s, p, d, x_hw, out_hw) -> bool:
-    """Kernel 2, stride 2, no padding or dilation, every window full: the
-    written-out 2x2 kernels apply (same results as the general ones)."""
-    return (k == (2, 2) and s == (2, 2) and p == (0, 0) and d == (1, 1)
-            and 2 * out_hw[0] <= x_hw[0] and 2 * out_hw[1] <= x_hw[1])
+    """:func:`_plain_2x2` with every window full: the written-out 2x2
+    kernels apply (same results as the general ones)."""
+    return _plain_2x2(k, s, p, d) and 2 * out_hw[0] <= x_hw[0] and 2 * out_hw[1] <= x_hw[1]
 
 
 def _overlapping_3x3s2(k, s, p, d, x_hw, out_hw) -> bool:
@@ -207,8 +211,8 @@ class MaxPool2D(_Pool):
         """Kernel 2, stride 2, no padding or dilation, floor mode, no indices
         returned: the pooling whose backward a :class:`~minicnn.layers.conv.Conv2D`
         can take over (``Conv2D.backward_maxpool2x2``)."""
-        return (self.kernel_size == (2, 2) and self.stride == (2, 2) and self.padding == (0, 0)
-                and self.dilation == (1, 1) and not self.ceil_mode and not self.return_indices)
+        return (_plain_2x2(self.kernel_size, self.stride, self.padding, self.dilation)
+                and not self.ceil_mode and not self.return_indices)
 
 
 class MaxUnpool2D(_Pool):
