@@ -59,6 +59,20 @@ def _fused_pair(c_in, c_out):
     return build
 
 
+def _sparse(build):
+    """The same case with its convolutions' backward from the non-zero
+    output-gradient entries (``Conv2D.sparse_max_density = 1``: the sparse
+    kernels for any gradient, here the checker's dense random one)."""
+    def sparse_build(rng):
+        built = build(rng)
+        module = built[0]
+        for layer in getattr(module, "layers", [module]):
+            if isinstance(layer, m.Conv2D):
+                layer.sparse_max_density = 1.0
+        return built
+    return sparse_build
+
+
 # The step of the conv + pool cases.  Convolution and max pooling are piecewise
 # linear, so away from a kink (a tie in a window; the nearest is 0.007 away in
 # these cases at seed 0) central differences have no truncation error, and
@@ -83,6 +97,8 @@ CASES: list[Case] = [
     Case("Conv2D", lambda r: (m.Conv2D(2, 3, 3, stride=1, padding=1), _x(r, 2, 2, 5, 6), None)),
     Case("Conv2D stride 2, 2x3 kernel", lambda r: (m.Conv2D(2, 3, (2, 3), stride=2, padding=(1, 0)),
                                                     _x(r, 2, 2, 7, 6), None)),
+    Case("Conv2D sparse backward, stride 2, 2x3 kernel", _sparse(lambda r: (
+        m.Conv2D(5, 3, (2, 3), stride=2, padding=(1, 0)), _x(r, 2, 5, 7, 6), None))),
     Case("Dense", lambda r: (m.Dense(6, 4), _x(r, 3, 6), None)),
     Case("ReLU", lambda r: (m.ReLU(), _x(r, 2, 3, 4, 4, min_abs=0.05), None)),
     Case("Flatten", lambda r: (m.Flatten(), _x(r, 2, 3, 2, 2), None)),
@@ -114,6 +130,7 @@ CASES: list[Case] = [
     Case("model: branching max|avg|SPP concat", _branching_model),
     Case("model: conv+pool backward as one step, direct path", _fused_pair(2, 3), PIECEWISE_LINEAR_EPS),
     Case("model: conv+pool backward as one step, GEMM path", _fused_pair(5, 4), PIECEWISE_LINEAR_EPS),
+    Case("model: conv+pool backward as one step, sparse", _sparse(_fused_pair(5, 4)), PIECEWISE_LINEAR_EPS),
 ]
 
 

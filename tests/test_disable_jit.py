@@ -13,7 +13,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_TESTS = ["tests/test_conv.py", "tests/test_pooling_window.py", "tests/test_pool_adaptive.py",
-                "tests/test_pool_random.py", "tests/test_dense_relu_shape.py", "tests/test_fusion.py"]
+                "tests/test_pool_random.py", "tests/test_dense_relu_shape.py", "tests/test_fusion.py",
+                "tests/test_conv_sparse.py"]
 
 
 def test_kernel_tests_pass_as_plain_python():

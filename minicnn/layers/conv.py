@@ -43,7 +43,7 @@ import numbers
 import numpy as np
 
 from minicnn import seeding
-from minicnn.kernels import conv_direct
+from minicnn.kernels import conv_direct, conv_sparse
 from minicnn.kernels.conv import col2im, im2col, nchw_from_rows, rows_from_maxpool2x2, rows_from_nchw
 from minicnn.layers.base import Layer
 from minicnn.layers.geometry import check_window, pair, window_output_shape
@@ -69,6 +69,11 @@ class Conv2D(Layer):
     stride-1 layer with ``C_in*9`` at most this takes the direct algorithm
     (module docstring); 0 turns it off.
 
+    ``sparse_max_density`` (class attribute, may be set per layer): an
+    im2col-path layer whose output gradient has at most this fraction of
+    non-zero entries (and whose input and weights are finite) computes its
+    backward from those entries alone (module docstring); 0 turns it off.
+
     ``dx_chunk_floats`` (class attribute, may be set per layer): backward
     forms ``Wm.T @ dY`` and folds it with ``col2im`` for chunks of
     ``max(1, dx_chunk_floats // (C_in*kH*kW*H_out*W_out))`` samples, so each
@@ -78,6 +83,7 @@ class Conv2D(Layer):
 
     direct_max_taps = 36
     dx_chunk_floats = 1 << 20
+    sparse_max_density = 0.1
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, name=None):
         super().__init__(name)
@@ -96,6 +102,7 @@ class Conv2D(Layer):
         self._cols = None      # im2col path: cached column matrix (reused buffer)
         self._xp = None        # direct path: cached padded input (reused buffer)
         self._direct = False   # which path the last forward took
+        self._x = None         # im2col path: the input (the sparse backward reads it)
         self._x_shape = None
 
     def config(self):
@@ -134,6 +141,7 @@ class Conv2D(Layer):
             np.matmul(self.params["W"].reshape(self.out_channels, -1), cols, out=y2d)
             y = np.empty((N, self.out_channels, Ho * Wo), dt)
             run_kernel(nchw_from_rows, y2d, self.params["b"], y)
+            self._x = x
         self._x_shape = x.shape
         return y.reshape(N, self.out_channels, Ho, Wo)
 
@@ -181,6 +189,10 @@ class Conv2D(Layer):
                                    f"this layer's last output (it holds {pool._x_shape})")
             dout = pool._dout(dout).reshape((N, F) + pool._out_hw)     # checked by the pool
             argmax = pool._argmax.reshape(dout.shape)
+        if not self._direct and self._sparse_pays(dout, N * F * P):
+            dx = self._backward_sparse(dout, argmax, pool is not None, input_grad)
+            if dx is not False:
+                return dx
         if self._direct:
             Hp, Wp = self._xp.shape[2:]
             gy = self._buffer("_gy", (F, Ho * Wp), dt)
@@ -212,4 +224,54 @@ class Conv2D(Layer):
             chunk = dcols if n1 - n0 == B else self._buffer("_dcols_tail", (K, (n1 - n0) * P), dt)
             np.matmul(Wm.T, d2[:, n0 * P:n1 * P], out=chunk)
             run_kernel(col2im, chunk, kh, kw, sh, sw, ph, pw, Ho, Wo, dx[n0:n1])
+        return dx
+
+    def _sparse_pays(self, dout, size):
+        """Whether at most ``sparse_max_density`` of the output gradient's
+        ``size`` entries are non-zero (``dout``: the full gradient, or the
+        pooled one, which has the same non-zero count)."""
+        if self.sparse_max_density <= 0 or size == 0 or dout.shape[2] * dout.shape[3] >= 2 ** 31:
+            return False                  # (positions are stored as int32)
+        return run_kernel(conv_sparse.count_nonzero, dout, size=dout.size) <= self.sparse_max_density * size
+
+    def _backward_sparse(self, dout, argmax, pooled, input_grad):
+        """The backward of :mod:`minicnn.kernels.conv_sparse`: dW, db and dx
+        from the non-zero entries of the output gradient only.  ``dout`` is
+        the full gradient (N, F, Ho, Wo), or with ``pooled`` the pooled one
+        and ``argmax`` its winners.  Returns dx (None without
+        ``input_grad``), or False, computing nothing, when the input or the
+        weights hold a non-finite value (the dense path then keeps the
+        NaNs that zero times infinity makes)."""
+        N, C, H, W = self._x_shape
+        F = self.out_channels
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        Ho, Wo = window_output_shape(self.name, (H, W), self.kernel_size, self.stride, self.padding)
+        dt = self.dtype
+        Wt = self.params["W"]
+        if not np.isfinite(Wt).all():
+            return False
+        xt = self._buffer("_xt", (N, H + 2 * ph, (W + 2 * pw) * C), dt)
+        finite = self._buffer("_xt_finite", (N,), np.bool_)
+        run_kernel(conv_sparse.pad_channels_last, self._x, ph, pw, xt, finite)
+        if not finite.all():
+            return False
+        cap = dout.shape[2] * dout.shape[3]
+        pos = self._buffer("_nz_pos", (F, N, cap), np.int32)
+        val = self._buffer("_nz_val", (F, N, cap), dt)
+        cnt = self._buffer("_nz_cnt", (F, N), np.int64)
+        if pooled:
+            run_kernel(conv_sparse.nonzeros_from_maxpool2x2, dout, argmax, Wo, pos, val, cnt)
+        else:
+            run_kernel(conv_sparse.nonzeros_from_nchw, dout.reshape(N, F, cap), pos, val, cnt)
+        dwt = self._buffer("_dwt", (F, kh, kw * C), dt)
+        run_kernel(conv_sparse.sparse_weight_grad, pos, val, cnt, xt, kh, kw, sh, sw, Wo, dwt,
+                   self.grads["b"], size=dout.size)
+        self.grads["W"][...] = dwt.reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
+        if not input_grad:
+            return None
+        wt = np.ascontiguousarray(Wt.transpose(0, 2, 3, 1)).reshape(F, kh, kw * C)
+        dxt = self._buffer("_dxt", xt.shape, dt)
+        dx = np.empty(self._x_shape, dt)
+        run_kernel(conv_sparse.sparse_input_grad, pos, val, cnt, wt, kh, kw, sh, sw, Wo, ph, pw, dxt, dx,
+                   size=dout.size)
         return dx

@@ -1,0 +1,214 @@
+"""Convolution backward from a mostly-zero output gradient.
+
+Behind a max pooling and a ReLU most of a convolution's output gradient is
+zero: the pooling passes a gradient to one cell in each window, and the
+ReLU only to the windows whose maximum was positive.  In the default model
+(conv-pool-ReLU) about 3 % of the second convolution's output gradient is
+non-zero once training is under way.  The GEMMs of the im2col path
+multiply every one of those zeros; these kernels visit only the non-zero
+entries, which is exact arithmetic on the same terms (adding a product of
+0 changes no finite sum).
+
+Shapes::
+
+    d2   : (F, N*Ho*Wo)        the output gradient, row f = filter f, column
+                               (n*Ho + oh)*Wo + ow (the GEMM path's layout)
+    xt   : (N, Hp, Wp*C)       the input, zero-padded (Hp = H + 2 pH,
+                               Wp = W + 2 pW) and channels last: cell
+                               (n, h', w', c) at xt[n, h', w'*C + c]
+    wt   : (F, kH, kW*C)       the weights, channels last: W[f, c, i, j] at
+                               wt[f, i, j*C + c]
+    dwt  : (F, kH, kW*C)       the weight gradient in wt's layout
+    dxt  : (N, Hp, Wp*C)       scratch: the padded input gradient, channels last
+    dx   : (N, C, H, W)
+
+Rules (the convolution's backward, summed over the non-zero ``g = dY[n, f,
+oh, ow]`` only; ``x'`` is the padded input)::
+
+    dW[f, c, i, j]                      += g * x'[n, c, oh*sH + i, ow*sW + j]
+    dx'[n, c, oh*sH + i, ow*sW + j]     += g * W[f, c, i, j]
+
+For a fixed ``(oh, ow)`` and kernel row ``i`` the ``kW*C`` cells those
+rules touch are contiguous in the channels-last layouts, so each non-zero
+costs ``kH`` loops of ``kW*C`` multiply-adds over contiguous memory, the
+loops the compiler vectorises.  Sums are in the array dtype, in the order
+n, oh, ow (dW) and f, oh, ow (dx), then i and j: the same terms as the
+GEMMs (``dY @ cols.T`` and ``col2im(Wm.T @ dY)``) in another order.
+
+Zero times a non-finite number is NaN, and these kernels skip the zero
+entries, so they would drop NaNs the GEMMs produce: the layer takes this
+path only when the input and the weights are all finite (``finite``
+below).
+"""
+import numpy as np
+from numba import njit, prange
+
+
+def _pad_channels_last(x, ph, pw, xt, finite):
+    """``xt[n, ph + h, (pw + w)*C + c] = x[n, c, h, w]``, zero elsewhere;
+    ``finite[n]`` = every value of sample n is finite (``v - v`` is 0 for a
+    finite v and NaN for an infinity or a NaN).
+    x (N, C, H, W) -> xt (N, H + 2ph, (W + 2pw)*C), finite (N,) bool.
+    Parallel contract: prange over the N samples; iteration n writes only
+    xt[n] and finite[n]."""
+    N, C, H, W = x.shape
+    Hp, L = xt.shape[1], xt.shape[2]
+    for n in prange(N):
+        plane = xt[n]
+        for r in range(Hp):
+            row = plane[r]
+            if r < ph or r >= ph + H:
+                for q in range(L):
+                    row[q] = 0.0
+            else:
+                for q in range(pw * C):
+                    row[q] = 0.0
+                for q in range((pw + W) * C, L):
+                    row[q] = 0.0
+        bad = False
+        for h in range(H):
+            row = plane[ph + h]
+            for w in range(W):
+                o = (pw + w) * C
+                for c in range(C):
+                    v = x[n, c, h, w]
+                    row[o + c] = v
+                    bad |= (v - v) != 0.0
+        finite[n] = not bad
+
+
+def _count_nonzero(a):
+    """Number of entries of ``a`` (any shape, C-contiguous) that are not 0
+    (NaN counts).  Parallel contract: a prange reduction over the flat
+    array; integer addition, so the count is exact in any order."""
+    flat = a.reshape(a.size)
+    c = 0
+    for q in prange(flat.shape[0]):
+        c += flat[q] != 0.0
+    return c
+
+
+def _nonzeros_from_nchw(d, nz_pos, nz_val, nz_cnt):
+    """The non-zero entries of ``d`` (N, F, P) as lists: for each (f, n),
+    ``nz_cnt[f, n]`` entries ``nz_pos[f, n, k]`` (flat output index
+    ``oh*Wo + ow``, increasing) and ``nz_val[f, n, k]``.
+    nz_pos, nz_val: (F, N, >= P); nz_cnt: (F, N).
+    Parallel contract: prange over the (f, n) pairs; each writes only its
+    own list."""
+    N, F, P = d.shape
+    for t in prange(F * N):
+        f = t // N
+        n = t % N
+        src = d[n, f]
+        pos = nz_pos[f, n]
+        val = nz_val[f, n]
+        k = 0
+        for q in range(P):
+            if src[q] != 0.0:
+                pos[k] = q
+                val[k] = src[q]
+                k += 1
+        nz_cnt[f, n] = k
+
+
+def _nonzeros_from_maxpool2x2(dout, argmax, Wo, nz_pos, nz_val, nz_cnt):
+    """The lists of :func:`_nonzeros_from_nchw` for the gradient a 2x2
+    max-pool backward would produce (zero but ``dx[argmax] = 0 + dout``),
+    read from the pooled gradient and its winners without forming it.
+    dout, argmax: (N, F, H2, W2), argmax the flat index ``oh*Wo + ow`` of
+    each window's winner.  Each pooled row covers output rows 2i and 2i+1;
+    it is read twice, taking the winners in row 2i, then those in row
+    2i + 1, so the positions come out increasing, as from the full
+    gradient.  nz_pos, nz_val: (F, N, >= H2*W2); nz_cnt: (F, N).
+    Parallel contract: prange over the (f, n) pairs; each writes only its
+    own list."""
+    N, F, H2, W2 = dout.shape
+    for t in prange(F * N):
+        f = t // N
+        n = t % N
+        g = dout[n, f]
+        a = argmax[n, f]
+        pos = nz_pos[f, n]
+        val = nz_val[f, n]
+        k = 0
+        for i in range(H2):
+            for half in range(2):
+                for j in range(W2):
+                    v = g[i, j]
+                    if v != 0.0 and (a[i, j] < (2 * i + 1) * Wo) == (half == 0):
+                        pos[k] = a[i, j]
+                        val[k] = v
+                        k += 1
+        nz_cnt[f, n] = k
+
+
+def _sparse_weight_grad(nz_pos, nz_val, nz_cnt, xt, kh, kw, sh, sw, Wo, dwt, db):
+    """dW and db from the non-zero lists (module docstring): ``dwt`` (F, kh,
+    kw*C) in float arithmetic of its dtype; ``db[f]`` the sum of filter f's
+    entries, in float64, rounded once.  Both overwritten.
+    Parallel contract: prange over the F filters; iteration f reads only
+    filter f's lists and writes only dwt[f] and db[f]."""
+    F, N = nz_cnt.shape
+    KC = dwt.shape[2]
+    C = KC // kw
+    for f in prange(F):
+        acc = dwt[f]
+        for i in range(kh):
+            for q in range(KC):
+                acc[i, q] = 0.0
+        s = 0.0
+        for n in range(N):
+            for k in range(nz_cnt[f, n]):
+                a = nz_pos[f, n, k]
+                g = nz_val[f, n, k]
+                s += g
+                oh = a // Wo
+                base = (a - oh * Wo) * sw * C
+                for i in range(kh):
+                    src = xt[n, oh * sh + i, base:base + KC]
+                    dst = acc[i]
+                    for q in range(KC):
+                        dst[q] += g * src[q]
+        db[f] = s
+
+
+def _sparse_input_grad(nz_pos, nz_val, nz_cnt, wt, kh, kw, sh, sw, Wo, ph, pw, dxt, dx):
+    """dx from the non-zero lists (module docstring): summed in the padded
+    channels-last scratch ``dxt`` (N, Hp, Wp*C), then cropped and written to
+    ``dx`` (N, C, H, W), overwritten.  Parallel contract: prange over the N
+    samples; iteration n reads only sample n's lists and writes only dxt[n]
+    and dx[n]."""
+    F = nz_cnt.shape[0]
+    N, C, H, W = dx.shape
+    KC = wt.shape[2]
+    for n in prange(N):
+        plane = dxt[n]
+        for r in range(plane.shape[0]):
+            row = plane[r]
+            for q in range(row.shape[0]):
+                row[q] = 0.0
+        for f in range(F):
+            for k in range(nz_cnt[f, n]):
+                a = nz_pos[f, n, k]
+                g = nz_val[f, n, k]
+                oh = a // Wo
+                base = (a - oh * Wo) * sw * C
+                for i in range(kh):
+                    dst = plane[oh * sh + i, base:base + KC]
+                    src = wt[f, i]
+                    for q in range(KC):
+                        dst[q] += g * src[q]
+        for c in range(C):
+            for h in range(H):
+                src = plane[ph + h]
+                out = dx[n, c, h]
+                for w in range(W):
+                    out[w] = src[(pw + w) * C + c]
+
+
+pad_channels_last = njit(parallel=True, cache=True)(_pad_channels_last)
+count_nonzero = njit(parallel=True, cache=True)(_count_nonzero)
+nonzeros_from_nchw = njit(parallel=True, cache=True)(_nonzeros_from_nchw)
+nonzeros_from_maxpool2x2 = njit(parallel=True, cache=True)(_nonzeros_from_maxpool2x2)
+sparse_weight_grad = njit(parallel=True, cache=True)(_sparse_weight_grad)
+sparse_input_grad = njit(parallel=True, cache=True)(_sparse_input_grad)
