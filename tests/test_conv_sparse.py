@@ -44,6 +44,13 @@ def _sparse_dout(shape, rng, keep, dtype=np.float64):
     return d.astype(dtype)
 
 
+def _pad_args(x):
+    """pad_channels_last's ``bits, mask, inf`` for x (float32 or float64)."""
+    ints = np.int32 if x.dtype == np.float32 else np.int64
+    return (x.reshape(len(x), -1).view(ints), ints(np.iinfo(ints).max),
+            np.array(np.inf, x.dtype).view(ints)[()])
+
+
 @pytest.fixture
 def spy(monkeypatch):
     """Records which backward ran: 'sparse' when the sparse weight-gradient
@@ -258,7 +265,7 @@ def test_parallel_kernels_equal_serial(serial, case, keep):
         k = (lambda name: getattr(S, name)) if kern else (lambda name: serial[name])
         xt = np.full((N, H + 2 * ph, (W + 2 * pw) * C), np.nan, np.float32)
         fin = np.zeros(N, bool)
-        k("pad_channels_last")(x, ph, pw, xt, fin)
+        k("pad_channels_last")(x, *_pad_args(x), ph, pw, xt, fin)
         d = _sparse_dout((N, F, P), np.random.default_rng(seed), keep, np.float32)
         pos = np.full((F, N, P), -1, np.int32)
         val = np.full((F, N, P), np.nan, np.float32)
@@ -283,14 +290,19 @@ def test_parallel_kernels_equal_serial(serial, case, keep):
     np.testing.assert_array_equal(xt, ref.reshape(xt.shape))
 
 
-def test_pad_channels_last_flags_each_non_finite_sample():
-    x = np.ones((4, 2, 3, 3), np.float32)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pad_channels_last_flags_each_non_finite_sample(dtype):
+    x = -np.ones((6, 2, 3, 3), dtype)
+    x[0, 0, 0, 0] = np.finfo(dtype).max
     x[1, 1, 2, 2] = np.inf
+    x[2, 0, 0, 0] = -np.finfo(dtype).max
     x[3, 0, 0, 1] = np.nan
-    xt = np.empty((4, 5, 5 * 2), np.float32)
-    fin = np.empty(4, bool)
-    S.pad_channels_last(x, 1, 1, xt, fin)
-    assert fin.tolist() == [True, False, True, False]
+    x[4, 1, 1, 1] = -np.inf
+    x[5, 1, 0, 2] = -np.nan
+    xt = np.empty((6, 5, 5 * 2), dtype)
+    fin = np.empty(6, bool)
+    S.pad_channels_last(x, *_pad_args(x), 1, 1, xt, fin)
+    assert fin.tolist() == [True, False, True, False, False, False]
 
 
 @pytest.mark.parametrize("Ho,Wo", [(4, 6), (5, 7), (2, 3), (3, 2)])

@@ -252,7 +252,10 @@ class Conv2D(Layer):
             return False
         xt = self._buffer("_xt", (N, H + 2 * ph, (W + 2 * pw) * C), dt)
         finite = self._buffer("_xt_finite", (N,), np.bool_)
-        run_kernel(conv_sparse.pad_channels_last, self._x, ph, pw, xt, finite)
+        ints = np.int32 if dt == np.float32 else np.int64
+        bits = self._x.reshape(N, -1).view(ints)
+        mask, inf = ints(np.iinfo(ints).max), np.array(np.inf, dt).view(ints)[()]
+        run_kernel(conv_sparse.pad_channels_last, self._x, bits, mask, inf, ph, pw, xt, finite)
         if not finite.all():
             return False
         cap = dout.shape[2] * dout.shape[3]
