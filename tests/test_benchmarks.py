@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 
@@ -609,7 +610,12 @@ def test_smoke_run_tiny_training_and_subprocess_sections(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads(next(p for p in tmp_path.iterdir() if p.suffix == ".json").read_text())
     assert {(r["name"], r["phase"]) for r in data["records"]} == {
-        ("lenet", "step"), ("lenet", "epoch"), ("default", "step"), ("default", "epoch")}
+        ("lenet", "step"), ("lenet", "epoch"), ("default", "step"), ("default", "epoch"),
+        ("default, sparse backward off", "epoch")}
+    for r in data["records"]:
+        if r["phase"] == "epoch":          # how many conv backward passes went sparse, counted
+            assert re.search(r"\d+ of [1-9]\d* im2col-path conv backward passes" if "off" not in r["name"]
+                             else r"; 0 sparse passes", r["notes"]), r["notes"]
     assert data["memory"]["default"]["returncode"] == 0 and data["memory"]["default"]["max_rss"] > 0
     assert all(r.get("median") for r in data["threads"]["runs"]), data["threads"]
     assert "synthetic" in data["meta"]["data"]
@@ -647,3 +653,20 @@ def test_minicnn_sets_openblas_thread_timeout_unless_the_user_did(user):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [user or "4", "PASSIVE"]
+
+
+def test_sparse_backward_count_counts_the_im2col_path_only():
+    """The training section's count: every im2col-path conv backward pass,
+    and those that took the sparse path; the direct path is not counted."""
+    from benchmarks.training import sparse_backward_count
+    import minicnn as m
+    rng = np.random.default_rng(0)
+    gemm, direct = m.Conv2D(6, 2, 3, padding=1), m.Conv2D(1, 2, 3, padding=1)
+    x6, x1 = rng.standard_normal((2, 6, 5, 5)).astype(np.float32), rng.standard_normal((2, 1, 5, 5)).astype(np.float32)
+    with sparse_backward_count() as counts:
+        for layer, x in ((gemm, x6), (direct, x1)):
+            y = layer.forward(x)
+            layer.backward(rng.standard_normal(y.shape).astype(np.float32))     # dense: the GEMMs
+            layer.backward(np.zeros(y.shape, np.float32))                       # all zero: sparse (im2col path)
+    assert counts == {"total": 2, "sparse": 1}
+    assert m.Conv2D._backward.__name__ == "_backward"                          # restored

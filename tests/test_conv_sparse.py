@@ -270,14 +270,14 @@ def test_parallel_kernels_equal_serial(serial, case, keep):
         pos = np.full((F, N, P), -1, np.int32)
         val = np.full((F, N, P), np.nan, np.float32)
         cnt = np.full((F, N), -1, np.int64)
-        k("nonzeros_from_nchw")(d, pos, val, cnt)
+        k("nonzeros_from_nchw")(d, Wo, pos, val, cnt)
         dwt = np.full((F, kh, kw * C), np.nan, np.float32)
         db = np.full(F, np.nan, np.float32)
-        k("sparse_weight_grad")(pos, val, cnt, xt, kh, kw, sh, sw, Wo, dwt, db)
+        k("sparse_weight_grad")(pos, val, cnt, xt, kh, kw, sh, sw, dwt, db)
         wt = rng.standard_normal((F, kh, kw * C)).astype(np.float32) if mode == "par" else res["par"][-1]
         dxt = np.full(xt.shape, np.nan, np.float32)
         dx = np.full(x.shape, np.nan, np.float32)
-        k("sparse_input_grad")(pos, val, cnt, wt, kh, kw, sh, sw, Wo, ph, pw, dxt, dx)
+        k("sparse_input_grad")(pos, val, cnt, wt, kh, kw, sh, sw, ph, pw, dxt, dx)
         res[mode] = (xt, fin, cnt, dwt, db, dx, k("count_nonzero")(d), wt)
     for a, b in zip(res["par"][:-1], res["ser"][:-1]):
         assert np.array_equal(a, b)
@@ -324,7 +324,7 @@ def test_nonzeros_from_maxpool2x2_equal_those_of_the_full_gradient(Ho, Wo):
             np.full((F, N), -1, np.int64)]
     got = [np.full((F, N, H2 * W2), -1, np.int32), np.full((F, N, H2 * W2), np.nan, np.float32),
            np.full((F, N), -1, np.int64)]
-    S.nonzeros_from_nchw(np.ascontiguousarray(full), *want)
+    S.nonzeros_from_nchw(np.ascontiguousarray(full), Wo, *want)
     S.nonzeros_from_maxpool2x2(g, pool._argmax.reshape(N, F, H2, W2), Wo, *got)
     assert np.array_equal(got[2], want[2])
     for f in range(F):
@@ -333,3 +333,18 @@ def test_nonzeros_from_maxpool2x2_equal_those_of_the_full_gradient(Ho, Wo):
             assert np.array_equal(got[0][f, n, :c], want[0][f, n, :c])
             assert np.array_equal(got[1][f, n, :c], want[1][f, n, :c], equal_nan=True)
     assert got[2].sum() == np.count_nonzero(g)
+
+
+def test_outputs_wider_than_the_packed_positions_take_the_gemm_path(spy):
+    """Positions are packed as ``oh << 16 | ow`` in int32, so an output
+    2**15 wide or tall goes the GEMM way, with the right gradients."""
+    rng = np.random.default_rng(6)
+    layer = _layer(1, 1, 1, 1, 0, rng, np.float64)
+    x = rng.standard_normal((1, 1, 1, 2 ** 15))
+    y = layer.forward(x)
+    dout = np.zeros(y.shape)
+    dout[0, 0, 0, -1] = 2.0
+    dx = layer.backward(dout)
+    assert spy == []
+    assert dx[0, 0, 0, -1] == 2.0 * layer.params["W"][0, 0, 0, 0] and np.count_nonzero(dx) == 1
+    assert layer.grads["W"][0, 0, 0, 0] == 2.0 * x[0, 0, 0, -1]

@@ -11,8 +11,13 @@ entries, which is exact arithmetic on the same terms (adding a product of
 
 Shapes::
 
-    d2   : (F, N*Ho*Wo)        the output gradient, row f = filter f, column
-                               (n*Ho + oh)*Wo + ow (the GEMM path's layout)
+    nz_pos, nz_val : (F, N, cap)  the non-zero entries of the output
+                                  gradient dY (N, F, Ho, Wo) as one list per
+                                  (filter f, sample n): ``nz_cnt[f, n]``
+                                  entries, position ``oh << 16 | ow``
+                                  (int32; Ho, Wo < 2**15), in increasing
+                                  (oh, ow) order, and value
+    nz_cnt         : (F, N)
     xt   : (N, Hp, Wp*C)       the input, zero-padded (Hp = H + 2 pH,
                                Wp = W + 2 pW) and channels last: cell
                                (n, h', w', c) at xt[n, h', w'*C + c]
@@ -34,6 +39,8 @@ costs ``kH`` loops of ``kW*C`` multiply-adds over contiguous memory, the
 loops the compiler vectorises.  Sums are in the array dtype, in the order
 n, oh, ow (dW) and f, oh, ow (dx), then i and j: the same terms as the
 GEMMs (``dY @ cols.T`` and ``col2im(Wm.T @ dY)``) in another order.
+Positions are stored as ``oh << 16 | ow`` because splitting a flat index
+needs an integer division per entry, which cost dx a third of its time.
 
 Zero times a non-finite number is NaN, and these kernels skip the zero
 entries, so they would drop NaNs the GEMMs produce: the layer takes this
@@ -93,14 +100,13 @@ def _count_nonzero(a):
     return c
 
 
-def _nonzeros_from_nchw(d, nz_pos, nz_val, nz_cnt):
-    """The non-zero entries of ``d`` (N, F, P) as lists: for each (f, n),
-    ``nz_cnt[f, n]`` entries ``nz_pos[f, n, k]`` (flat output index
-    ``oh*Wo + ow``, increasing) and ``nz_val[f, n, k]``.
-    nz_pos, nz_val: (F, N, >= P); nz_cnt: (F, N).
+def _nonzeros_from_nchw(d, Wo, nz_pos, nz_val, nz_cnt):
+    """The non-zero entries of ``d`` (N, F, Ho*Wo) as the lists of the
+    module docstring (cap >= Ho*Wo).
     Parallel contract: prange over the (n, f) planes in memory order; each
     writes only its own list."""
     N, F, P = d.shape
+    Ho = P // Wo
     for t in prange(N * F):
         n = t // F
         f = t % F
@@ -108,11 +114,13 @@ def _nonzeros_from_nchw(d, nz_pos, nz_val, nz_cnt):
         pos = nz_pos[f, n]
         val = nz_val[f, n]
         k = 0
-        for q in range(P):
-            if src[q] != 0.0:
-                pos[k] = q
-                val[k] = src[q]
-                k += 1
+        for oh in range(Ho):
+            row = src[oh * Wo:(oh + 1) * Wo]
+            for ow in range(Wo):
+                if row[ow] != 0.0:
+                    pos[k] = (oh << 16) | ow
+                    val[k] = row[ow]
+                    k += 1
         nz_cnt[f, n] = k
 
 
@@ -144,51 +152,60 @@ def _nonzeros_from_maxpool2x2(dout, argmax, Wo, nz_pos, nz_val, nz_cnt):
             pos = nz_pos[f, n]
             val = nz_val[f, n]
             for i in range(H2):
-                top = (2 * i + 1) * Wo        # winners below this index are in row 2i
-                for j in range(W2):
-                    if g[i, j] != 0.0 and a[i, j] < top:
-                        pos[k] = a[i, j]
-                        val[k] = g[i, j]
-                        k += 1
-                for j in range(W2):
-                    if g[i, j] != 0.0 and a[i, j] >= top:
-                        pos[k] = a[i, j]
-                        val[k] = g[i, j]
-                        k += 1
+                for oh in range(2 * i, 2 * i + 2):
+                    first = oh * Wo           # the winners in output row oh: first <= a < first + Wo
+                    for j in range(W2):
+                        if g[i, j] != 0.0 and first <= a[i, j] < first + Wo:
+                            pos[k] = (oh << 16) | (a[i, j] - first)
+                            val[k] = g[i, j]
+                            k += 1
         nz_cnt[f, n] = k
 
 
-def _sparse_weight_grad(nz_pos, nz_val, nz_cnt, xt, kh, kw, sh, sw, Wo, dwt, db):
+def _sparse_weight_grad(nz_pos, nz_val, nz_cnt, xt, kh, kw, sh, sw, dwt, db):
     """dW and db from the non-zero lists (module docstring): ``dwt`` (F, kh,
     kw*C) in float arithmetic of its dtype; ``db[f]`` the sum of filter f's
     entries, in float64, rounded once.  Both overwritten.
-    Parallel contract: prange over the F filters; iteration f reads only
-    filter f's lists and writes only dwt[f] and db[f]."""
+    Filters go in blocks of 8, and for each sample all the block's lists
+    are taken while that sample's input (xt[n], 32 KB for 32 channels of
+    16x16) is in cache: 1.5x faster than a filter's whole pass at a time
+    at 9 % non-zero.  Each filter still adds its terms in the order n, oh,
+    ow, so the block size does not change a bit.
+    Parallel contract: prange over the blocks of filters; iteration b reads
+    only its filters' lists and writes only their dwt[f] and db[f]."""
     F, N = nz_cnt.shape
     KC = dwt.shape[2]
     C = KC // kw
-    for f in prange(F):
-        acc = dwt[f]
-        for i in range(kh):
-            for q in range(KC):
-                acc[i, q] = 0.0
-        s = 0.0
+    B = 8
+    for blk in prange((F + B - 1) // B):
+        f0 = blk * B
+        f1 = min(F, f0 + B)
+        for f in range(f0, f1):
+            for i in range(kh):
+                for q in range(KC):
+                    dwt[f, i, q] = 0.0
         for n in range(N):
-            for k in range(nz_cnt[f, n]):
-                a = nz_pos[f, n, k]
-                g = nz_val[f, n, k]
-                s += g
-                oh = a // Wo
-                base = (a - oh * Wo) * sw * C
-                for i in range(kh):
-                    src = xt[n, oh * sh + i, base:base + KC]
-                    dst = acc[i]
-                    for q in range(KC):
-                        dst[q] += g * src[q]
-        db[f] = s
+            for f in range(f0, f1):
+                acc = dwt[f]
+                for k in range(nz_cnt[f, n]):
+                    a = nz_pos[f, n, k]
+                    g = nz_val[f, n, k]
+                    r = (a >> 16) * sh
+                    base = (a & 0xFFFF) * sw * C
+                    for i in range(kh):
+                        src = xt[n, r + i, base:base + KC]
+                        dst = acc[i]
+                        for q in range(KC):
+                            dst[q] += g * src[q]
+        for f in range(f0, f1):
+            s = 0.0
+            for n in range(N):
+                for k in range(nz_cnt[f, n]):
+                    s += nz_val[f, n, k]
+            db[f] = s
 
 
-def _sparse_input_grad(nz_pos, nz_val, nz_cnt, wt, kh, kw, sh, sw, Wo, ph, pw, dxt, dx):
+def _sparse_input_grad(nz_pos, nz_val, nz_cnt, wt, kh, kw, sh, sw, ph, pw, dxt, dx):
     """dx from the non-zero lists (module docstring): summed in the padded
     channels-last scratch ``dxt`` (N, Hp, Wp*C), then cropped and written to
     ``dx`` (N, C, H, W), overwritten.  Parallel contract: prange over the N
@@ -207,10 +224,10 @@ def _sparse_input_grad(nz_pos, nz_val, nz_cnt, wt, kh, kw, sh, sw, Wo, ph, pw, d
             for k in range(nz_cnt[f, n]):
                 a = nz_pos[f, n, k]
                 g = nz_val[f, n, k]
-                oh = a // Wo
-                base = (a - oh * Wo) * sw * C
+                r = (a >> 16) * sh
+                base = (a & 0xFFFF) * sw * C
                 for i in range(kh):
-                    dst = plane[oh * sh + i, base:base + KC]
+                    dst = plane[r + i, base:base + KC]
                     src = wt[f, i]
                     for q in range(KC):
                         dst[q] += g * src[q]

@@ -30,6 +30,16 @@ behind the rule):
 
 The two differ only in the order of float additions.
 
+**Sparse backward** (:mod:`minicnn.kernels.conv_sparse`): behind a max
+pooling and a ReLU most of a convolution's output gradient is zero (in the
+default model about 1-4 % of the second convolution's, once the ReLU cuts).
+An im2col-path layer whose output gradient has at most
+``sparse_max_density`` non-zero entries, and whose input and weights are
+finite, computes dW, db and dx from those entries alone: the same terms as
+the GEMMs without the products of zero, in another order.  So the backward
+pass's speed (not its result, beyond the last bits) depends on the values:
+measured in ``benchmarks/README.md``.
+
 Backward through a following 2x2 max pooling (:meth:`Conv2D.backward_maxpool2x2`,
 which the model uses when only the pooling reads the convolution): both
 paths take the pooled gradient and the pooling's winners, so the
@@ -73,6 +83,11 @@ class Conv2D(Layer):
     im2col-path layer whose output gradient has at most this fraction of
     non-zero entries (and whose input and weights are finite) computes its
     backward from those entries alone (module docstring); 0 turns it off.
+    0.2 is where the two ways cost the same for the default model's
+    32->64 layer with the non-zero entries at random places (7.5 against
+    7.7 ms; 15.5 against 7.7 at 0.5); behind a 2x2 max pooling (at most
+    0.25) the sparse way was faster at every density (7.5 against 8.1 ms
+    with every winner non-zero).  benchmarks/README.md has the figures.
 
     ``dx_chunk_floats`` (class attribute, may be set per layer): backward
     forms ``Wm.T @ dY`` and folds it with ``col2im`` for chunks of
@@ -83,7 +98,7 @@ class Conv2D(Layer):
 
     direct_max_taps = 36
     dx_chunk_floats = 1 << 20
-    sparse_max_density = 0.1
+    sparse_max_density = 0.2
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, name=None):
         super().__init__(name)
@@ -189,7 +204,7 @@ class Conv2D(Layer):
                                    f"this layer's last output (it holds {pool._x_shape})")
             dout = pool._dout(dout).reshape((N, F) + pool._out_hw)     # checked by the pool
             argmax = pool._argmax.reshape(dout.shape)
-        if not self._direct and self._sparse_pays(dout, N * F * P):
+        if not self._direct and self._sparse_pays(dout, Ho, Wo, N * F * P):
             dx = self._backward_sparse(dout, argmax, pool is not None, input_grad)
             if dx is not False:
                 return dx
@@ -226,12 +241,12 @@ class Conv2D(Layer):
             run_kernel(col2im, chunk, kh, kw, sh, sw, ph, pw, Ho, Wo, dx[n0:n1])
         return dx
 
-    def _sparse_pays(self, dout, size):
+    def _sparse_pays(self, dout, Ho, Wo, size):
         """Whether at most ``sparse_max_density`` of the output gradient's
         ``size`` entries are non-zero (``dout``: the full gradient, or the
         pooled one, which has the same non-zero count)."""
-        if self.sparse_max_density <= 0 or size == 0 or dout.shape[2] * dout.shape[3] >= 2 ** 31:
-            return False                  # (positions are stored as int32)
+        if self.sparse_max_density <= 0 or size == 0 or max(Ho, Wo) >= 2 ** 15:
+            return False                  # (positions are stored as oh << 16 | ow in int32)
         return run_kernel(conv_sparse.count_nonzero, dout, size=dout.size) <= self.sparse_max_density * size
 
     def _backward_sparse(self, dout, argmax, pooled, input_grad):
@@ -265,9 +280,9 @@ class Conv2D(Layer):
         if pooled:
             run_kernel(conv_sparse.nonzeros_from_maxpool2x2, dout, argmax, Wo, pos, val, cnt)
         else:
-            run_kernel(conv_sparse.nonzeros_from_nchw, dout.reshape(N, F, cap), pos, val, cnt)
+            run_kernel(conv_sparse.nonzeros_from_nchw, dout.reshape(N, F, cap), Wo, pos, val, cnt)
         dwt = self._buffer("_dwt", (F, kh, kw * C), dt)
-        run_kernel(conv_sparse.sparse_weight_grad, pos, val, cnt, xt, kh, kw, sh, sw, Wo, dwt,
+        run_kernel(conv_sparse.sparse_weight_grad, pos, val, cnt, xt, kh, kw, sh, sw, dwt,
                    self.grads["b"], size=dout.size)
         self.grads["W"][...] = dwt.reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
         if not input_grad:
@@ -275,6 +290,6 @@ class Conv2D(Layer):
         wt = np.ascontiguousarray(Wt.transpose(0, 2, 3, 1)).reshape(F, kh, kw * C)
         dxt = self._buffer("_dxt", xt.shape, dt)
         dx = np.empty(self._x_shape, dt)
-        run_kernel(conv_sparse.sparse_input_grad, pos, val, cnt, wt, kh, kw, sh, sw, Wo, ph, pw, dxt, dx,
+        run_kernel(conv_sparse.sparse_input_grad, pos, val, cnt, wt, kh, kw, sh, sw, ph, pw, dxt, dx,
                    size=dout.size)
         return dx
