@@ -2,7 +2,10 @@
 
 A layer is a small object with
 
-* ``forward(x) -> y`` that caches only what ``backward`` needs,
+* ``forward(x) -> y`` that caches only what ``backward`` needs (Dense, and
+  Conv2D for its sparse backward, keep the input array itself, not a copy:
+  an input changed in place between forward and backward changes their
+  gradients),
 * ``backward(dout) -> dx`` that never mutates ``dout`` and stores parameter
   gradients in ``self.grads`` (same keys as ``self.params``),
 * ``params`` / ``grads`` dicts of numpy arrays,
