@@ -41,6 +41,11 @@ n, oh, ow (dW) and f, oh, ow (dx), then i and j: the same terms as the
 GEMMs (``dY @ cols.T`` and ``col2im(Wm.T @ dY)``) in another order.
 Positions are stored as ``oh << 16 | ow`` because splitting a flat index
 needs an integer division per entry, which cost dx a third of its time.
+The entry loops index flat arrays at unsigned (``np.uint64``) offsets: an
+index that Numba cannot prove non-negative gets a negative-index check
+that stops the loop vectorising, and a slice per kernel row instead cost
+20 % (2.78 against 2.25 ms for dx, 2.4-2.7 against 2.0 ms for dW, at 20 %
+non-zero).
 
 Zero times a non-finite number is NaN, and these kernels skip the zero
 entries, so they would drop NaNs the GEMMs produce: the layer takes this
@@ -174,29 +179,32 @@ def _sparse_weight_grad(nz_pos, nz_val, nz_cnt, xt, kh, kw, sh, sw, dwt, db):
     Parallel contract: prange over the blocks of filters; iteration b reads
     only its filters' lists and writes only their dwt[f] and db[f]."""
     F, N = nz_cnt.shape
-    KC = dwt.shape[2]
-    C = KC // kw
+    KC = np.uint64(dwt.shape[2])
+    C = dwt.shape[2] // kw
+    L = np.uint64(xt.shape[1] * xt.shape[2])         # one sample's cells
+    row = np.uint64(xt.shape[2])                      # one padded row's cells
+    xflat = xt.reshape(xt.size)
     B = 8
     for blk in prange((F + B - 1) // B):
         f0 = blk * B
         f1 = min(F, f0 + B)
         for f in range(f0, f1):
             for i in range(kh):
-                for q in range(KC):
+                for q in range(dwt.shape[2]):
                     dwt[f, i, q] = 0.0
         for n in range(N):
+            x0 = np.uint64(n) * L
             for f in range(f0, f1):
-                acc = dwt[f]
+                acc = dwt[f].reshape(dwt[f].size)
                 for k in range(nz_cnt[f, n]):
                     a = nz_pos[f, n, k]
                     g = nz_val[f, n, k]
-                    r = (a >> 16) * sh
-                    base = (a & 0xFFFF) * sw * C
-                    for i in range(kh):
-                        src = xt[n, r + i, base:base + KC]
-                        dst = acc[i]
+                    first = x0 + np.uint64((a >> 16) * sh) * row + np.uint64((a & 0xFFFF) * sw * C)
+                    for i in range(np.uint64(kh)):
+                        src = first + i * row
+                        dst = i * KC
                         for q in range(KC):
-                            dst[q] += g * src[q]
+                            acc[dst + q] += g * xflat[src + q]
         for f in range(f0, f1):
             s = 0.0
             for n in range(N):
@@ -213,24 +221,25 @@ def _sparse_input_grad(nz_pos, nz_val, nz_cnt, wt, kh, kw, sh, sw, ph, pw, dxt, 
     and dx[n]."""
     F = nz_cnt.shape[0]
     N, C, H, W = dx.shape
-    KC = wt.shape[2]
+    KC = np.uint64(wt.shape[2])
+    row = np.uint64(dxt.shape[2])
+    wflat = wt.reshape(wt.size)
     for n in prange(N):
         plane = dxt[n]
-        for r in range(plane.shape[0]):
-            row = plane[r]
-            for q in range(row.shape[0]):
-                row[q] = 0.0
+        pflat = plane.reshape(plane.size)
+        for q in range(pflat.shape[0]):
+            pflat[q] = 0.0
         for f in range(F):
+            w0 = np.uint64(f * kh) * KC
             for k in range(nz_cnt[f, n]):
                 a = nz_pos[f, n, k]
                 g = nz_val[f, n, k]
-                r = (a >> 16) * sh
-                base = (a & 0xFFFF) * sw * C
-                for i in range(kh):
-                    dst = plane[r + i, base:base + KC]
-                    src = wt[f, i]
+                first = np.uint64((a >> 16) * sh) * row + np.uint64((a & 0xFFFF) * sw * C)
+                for i in range(np.uint64(kh)):
+                    dst = first + i * row
+                    src = w0 + i * KC
                     for q in range(KC):
-                        dst[q] += g * src[q]
+                        pflat[dst + q] += g * wflat[src + q]
         for c in range(C):
             for h in range(H):
                 src = plane[ph + h]
