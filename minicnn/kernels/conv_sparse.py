@@ -134,10 +134,12 @@ def _nonzeros_from_maxpool2x2(dout, argmax, Wo, nz_pos, nz_val, nz_cnt):
     max-pool backward would produce (zero but ``dx[argmax] = 0 + dout``),
     read from the pooled gradient and its winners without forming it.
     dout, argmax: (N, F, H2, W2), argmax the flat index ``oh*Wo + ow`` of
-    each window's winner.  Each pooled row covers output rows 2i and 2i+1;
-    it is read twice, taking the winners in row 2i, then those in row
-    2i + 1, so the positions come out increasing, as from the full
-    gradient.  nz_pos, nz_val: (F, N, >= H2*W2); nz_cnt: (F, N).
+    each window's winner.  Pooled row i covers output rows 2i and 2i + 1;
+    its winners in row 2i are counted first (``top``), so one pass can put
+    those at ``k, k+1, ...`` and the others after them: the positions come
+    out increasing, as from the full gradient.  A plane with no non-zero
+    value is skipped after a vectorised count.
+    nz_pos, nz_val: (F, N, >= H2*W2); nz_cnt: (F, N).
     Parallel contract: prange over the (n, f) planes in memory order; each
     writes only its own list."""
     N, F, H2, W2 = dout.shape
@@ -147,7 +149,7 @@ def _nonzeros_from_maxpool2x2(dout, argmax, Wo, nz_pos, nz_val, nz_cnt):
         n = t // F
         f = t % F
         row = flat[t]
-        nonzero = 0                           # a vectorised count first: skip empty planes
+        nonzero = 0
         for q in range(P2):
             nonzero += row[q] != 0.0
         k = 0
@@ -157,13 +159,23 @@ def _nonzeros_from_maxpool2x2(dout, argmax, Wo, nz_pos, nz_val, nz_cnt):
             pos = nz_pos[f, n]
             val = nz_val[f, n]
             for i in range(H2):
-                for oh in range(2 * i, 2 * i + 2):
-                    first = oh * Wo           # the winners in output row oh: first <= a < first + Wo
-                    for j in range(W2):
-                        if g[i, j] != 0.0 and first <= a[i, j] < first + Wo:
-                            pos[k] = (oh << 16) | (a[i, j] - first)
-                            val[k] = g[i, j]
-                            k += 1
+                below = (2 * i + 1) * Wo      # winners below this flat index are in row 2i
+                top = 0
+                for j in range(W2):
+                    top += (g[i, j] != 0.0) & (a[i, j] < below)
+                kt = k                        # next slot for a row-2i winner
+                kb = k + top                  # next slot for a row-(2i+1) winner
+                for j in range(W2):
+                    v = g[i, j]
+                    if v != 0.0:
+                        up = a[i, j] < below
+                        d = kt if up else kb
+                        oh = 2 * i if up else 2 * i + 1
+                        pos[d] = (oh << 16) | (a[i, j] - oh * Wo)
+                        val[d] = v
+                        kt += up
+                        kb += not up
+                k = kb
         nz_cnt[f, n] = k
 
 
