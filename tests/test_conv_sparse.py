@@ -306,7 +306,7 @@ def test_pad_channels_last_flags_each_non_finite_sample(dtype):
 
 
 @pytest.mark.parametrize("Ho,Wo", [(4, 6), (5, 7), (2, 3), (3, 2)])
-def test_nonzeros_from_maxpool2x2_equal_those_of_the_full_gradient(Ho, Wo):
+def test_nonzeros_from_maxpool2x2_equal_those_of_the_full_gradient(serial, Ho, Wo):
     """The pooled lists against :func:`nonzeros_from_nchw` of the gradient
     the 2x2 max-pool backward makes (ties, NaN in the input; a -0.0, a
     0.0 and a NaN gradient)."""
@@ -333,6 +333,11 @@ def test_nonzeros_from_maxpool2x2_equal_those_of_the_full_gradient(Ho, Wo):
             assert np.array_equal(got[0][f, n, :c], want[0][f, n, :c])
             assert np.array_equal(got[1][f, n, :c], want[1][f, n, :c], equal_nan=True)
     assert got[2].sum() == np.count_nonzero(g)
+    ser = [np.full((F, N, H2 * W2), -1, np.int32), np.full((F, N, H2 * W2), np.nan, np.float32),
+           np.full((F, N), -1, np.int64)]
+    serial["nonzeros_from_maxpool2x2"](g, pool._argmax.reshape(N, F, H2, W2), Wo, *ser)
+    for a, b in zip(got, ser):                     # parallel == serial, untouched slots included
+        assert np.array_equal(a, b, equal_nan=True)
 
 
 def test_outputs_wider_than_the_packed_positions_take_the_gemm_path(spy):
