@@ -427,26 +427,49 @@ def test_max_nan_in_first_cell_and_negative_zero():
     assert idx[0, 0, 0, 0] == 0 and np.signbit(y[0, 0, 0, 0])        # the first zero, -0.0
 
 
+def _avg_backward_by_the_rule(dout, shape):
+    """``dx = 0``, then each bin in row-major order adds ``dout/|bin|`` (in
+    float64) to its cells, rounded to dx's dtype after each addition."""
+    dtype = dout.dtype
+    expect = np.zeros(shape, dtype)
+    for i, (h0, h1) in enumerate(ref_bins(shape[2], dout.shape[2])):
+        for j, (w0, w1) in enumerate(ref_bins(shape[3], dout.shape[3])):
+            g = dout[:, :, i, j].astype(np.float64) / ((h1 - h0) * (w1 - w0))
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    expect[:, :, h, w] = (expect[:, :, h, w].astype(np.float64) + g).astype(dtype)
+    return expect
+
+
 @pytest.mark.parametrize("shape,out", [((2, 3, 12, 8), (4, 2)), ((2, 3, 10, 7), (3, 4)),
-                                       ((1, 2, 5, 9), (7, 11))])
+                                       ((1, 2, 5, 9), (7, 11)), ((2, 2, 14, 14), (4, 4))])
 def test_avg_backward_tiled_and_overlapping_bit_exact(shape, out):
-    """Both backward paths (bins tiling the plane / overlapping) give exactly
-    ``dx = sum over bins, in row-major order, of dout/|bin|`` rounded after
-    each addition, as the straightforward loop does."""
+    """Both backward paths (bins tiling the plane / row templates for
+    overlapping bins) give exactly ``dx = sum over bins, in row-major
+    order, of dout/|bin|`` rounded after each addition, as the
+    straightforward loop does."""
     rng = np.random.default_rng(8)
     for dtype in (np.float32, np.float64):
         dout = rng.standard_normal(shape[:2] + out).astype(dtype)
         dout[0, 0, 0, 0] = -0.0
-        expect = np.zeros(shape, dtype)
-        for i, (h0, h1) in enumerate(ref_bins(shape[2], out[0])):
-            for j, (w0, w1) in enumerate(ref_bins(shape[3], out[1])):
-                g = dout[:, :, i, j].astype(np.float64) / ((h1 - h0) * (w1 - w0))
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        expect[:, :, h, w] = (expect[:, :, h, w].astype(np.float64) + g).astype(dtype)
+        expect = _avg_backward_by_the_rule(dout, shape)
         dx = np.empty(shape, dtype)
         K.adaptive_avg_backward(dout, dx)
         np.testing.assert_array_equal(dx.view(np.uint8), expect.view(np.uint8))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 15), st.integers(1, 15), st.integers(1, 9), st.integers(1, 9),
+       st.sampled_from([np.float32, np.float64]), st.integers(0, 2**16))
+def test_avg_backward_bit_exact_any_bins(H, W, oh, ow, dtype, seed):
+    """The row templates over any bins: overlapping, tiling, more bins than
+    cells, single rows and columns."""
+    rng = np.random.default_rng(seed)
+    dout = (rng.standard_normal((2, 2, oh, ow)) * 10.0 ** rng.integers(-3, 4, (2, 2, oh, ow))).astype(dtype)
+    dx = np.full((2, 2, H, W), np.nan, dtype)
+    K.adaptive_avg_backward(dout, dx)
+    expect = _avg_backward_by_the_rule(dout, dx.shape)
+    np.testing.assert_array_equal(dx.view(np.uint8), expect.view(np.uint8))
 
 
 @pytest.mark.parametrize("hw", [(8, 8), (14, 14), (9, 7), (13, 10)])

@@ -191,8 +191,16 @@ def _adaptive_avg_backward(dout, dx):
     plane is filled with ``0.0 + g``.  Bins tiling the plane (``oH``
     divides H and ``oW`` divides W): every cell is in one bin and gets
     ``0.0 + g``; the row of those values is built once per row bin and
-    copied to each of its rows.  Otherwise the plane is zeroed and the
-    bins are added one by one.
+    copied to each of its rows.  Otherwise, row templates: in row-major
+    order a cell (h, w) receives the bins ``i`` of its row band ``I(h)``,
+    each with the bins ``j`` of its column band, i before j, so its value
+    depends on ``I(h)`` alone.  A row is built (zeroed, then those bins'
+    shares added along it) only where ``I(h)`` differs from the row above,
+    and copied from the row above elsewhere (14 rows into 4 bins: 6 rows
+    built, 8 copied, against zeroing the plane and adding 16 bins of 16
+    cells each: 64x64x14x14 -> 4x4 float32, 620-629 -> 552-557 µs).
+    Each path has its own prange loop: one loop holding both branches made
+    the tiled one 7 % slower.
     Parallel contract: prange over the N*C planes; iteration p writes only
     plane p of ``dx`` and row p of the scratch ``grow``, so overlapping
     bins cannot race.
@@ -211,12 +219,11 @@ def _adaptive_avg_backward(dout, dx):
             for q in range(H * W):
                 xflat[p, q] = g
         return
-    tiled = H % oH == 0 and W % oW == 0
-    grow = np.empty((P, W), dx.dtype)
     hs, he = _bins(H, oH)
     ws, we = _bins(W, oW)
-    for p in prange(P):
-        if tiled:
+    if H % oH == 0 and W % oW == 0:         # bins tile the plane
+        grow = np.empty((P, W), dx.dtype)
+        for p in prange(P):
             for i in range(oH):
                 h0, h1 = hs[i], he[i]
                 for j in range(oW):
@@ -227,18 +234,32 @@ def _adaptive_avg_backward(dout, dx):
                 for h in range(h0, h1):
                     for w in range(W):
                         xp[p, h, w] = grow[p, w]
-        else:
-            for h in range(H):
+        return
+    band_lo = np.empty(H, np.int64)           # row h lies in the row bins band_lo[h] .. band_hi[h] - 1
+    band_hi = np.empty(H, np.int64)
+    for h in range(H):
+        band_lo[h] = oH
+        band_hi[h] = 0
+    for i in range(oH):
+        for h in range(hs[i], he[i]):
+            band_lo[h] = min(band_lo[h], i)
+            band_hi[h] = max(band_hi[h], i + 1)
+    for p in prange(P):
+        for h in range(H):
+            row = xp[p, h]
+            if h > 0 and band_lo[h] == band_lo[h - 1] and band_hi[h] == band_hi[h - 1]:
+                above = xp[p, h - 1]
                 for w in range(W):
-                    xp[p, h, w] = 0.0
-            for i in range(oH):
-                h0, h1 = hs[i], he[i]
+                    row[w] = above[w]
+                continue
+            for w in range(W):
+                row[w] = 0.0
+            for i in range(band_lo[h], band_hi[h]):
                 for j in range(oW):
                     w0, w1 = ws[j], we[j]
-                    g = np.float64(dp[p, i, j]) / ((h1 - h0) * (w1 - w0))
-                    for h in range(h0, h1):
-                        for w in range(w0, w1):
-                            xp[p, h, w] += g
+                    g = np.float64(dp[p, i, j]) / ((he[i] - hs[i]) * (w1 - w0))
+                    for w in range(w0, w1):
+                        row[w] += g
 
 
 def _adaptive_max_forward(x, out, argmax):
