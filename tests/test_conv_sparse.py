@@ -20,7 +20,7 @@ from numba import njit
 
 import minicnn as m
 from minicnn.kernels import conv_sparse as S
-from minicnn.layers.conv import Conv2D
+from minicnn.layers.conv import Conv2D, float_bits
 from tests.test_conv import conv_cases, naive_conv_backward
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -42,13 +42,6 @@ def _sparse_dout(shape, rng, keep, dtype=np.float64):
     zero = rng.random(shape) >= keep
     d[zero] = np.where(rng.random(shape) < 0.5, 0.0, -0.0)[zero]
     return d.astype(dtype)
-
-
-def _pad_args(x):
-    """pad_channels_last's ``bits, mask, inf`` for x (float32 or float64)."""
-    ints = np.int32 if x.dtype == np.float32 else np.int64
-    return (x.reshape(len(x), -1).view(ints), ints(np.iinfo(ints).max),
-            np.array(np.inf, x.dtype).view(ints)[()])
 
 
 @pytest.fixture
@@ -265,7 +258,7 @@ def test_parallel_kernels_equal_serial(serial, case, keep):
         k = (lambda name: getattr(S, name)) if kern else (lambda name: serial[name])
         xt = np.full((N, H + 2 * ph, (W + 2 * pw) * C), np.nan, np.float32)
         fin = np.zeros(N, bool)
-        k("pad_channels_last")(x, *_pad_args(x), ph, pw, xt, fin)
+        k("pad_channels_last")(x, *float_bits(x), ph, pw, xt, fin)
         d = _sparse_dout((N, F, P), np.random.default_rng(seed), keep, np.float32)
         pos = np.full((F, N, P), -1, np.int32)
         val = np.full((F, N, P), np.nan, np.float32)
@@ -301,7 +294,7 @@ def test_pad_channels_last_flags_each_non_finite_sample(dtype):
     x[5, 1, 0, 2] = -np.nan
     xt = np.empty((6, 5, 5 * 2), dtype)
     fin = np.empty(6, bool)
-    S.pad_channels_last(x, *_pad_args(x), 1, 1, xt, fin)
+    S.pad_channels_last(x, *float_bits(x), 1, 1, xt, fin)
     assert fin.tolist() == [True, False, True, False, False, False]
 
 

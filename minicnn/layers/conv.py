@@ -63,6 +63,16 @@ from minicnn.threads import run_kernel
 _NO_ARGMAX = np.empty((0, 0, 0, 0), np.int64)   # the kernels' argmax argument when not pooling
 
 
+def float_bits(x):
+    """``(bits, mask, inf)`` for :func:`~minicnn.kernels.conv_sparse.pad_channels_last`'s
+    finiteness test: x (N, ...) C-contiguous float32/64 viewed per sample
+    as signed integers of its width, all bits but the sign, and the bits of
+    +inf (a value is an infinity or a NaN iff ``bits & mask >= inf``)."""
+    ints = np.int32 if x.dtype == np.float32 else np.int64
+    return (x.reshape(len(x), -1).view(ints), ints(np.iinfo(ints).max),
+            np.array(np.inf, x.dtype).view(ints)[()])
+
+
 def _positive_int(layer, name, v):
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
         raise ValueError(f"{layer}: {name} must be a positive int, got {v!r}")
@@ -205,7 +215,7 @@ class Conv2D(Layer):
             dout = pool._dout(dout).reshape((N, F) + pool._out_hw)     # checked by the pool
             argmax = pool._argmax.reshape(dout.shape)
         if not self._direct and self._sparse_pays(dout, Ho, Wo, N * F * P):
-            dx = self._backward_sparse(dout, argmax, pool is not None, input_grad)
+            dx = self._backward_sparse(dout, argmax, pool is not None, input_grad, Wo)
             if dx is not False:
                 return dx
         if self._direct:
@@ -249,7 +259,7 @@ class Conv2D(Layer):
             return False                  # (positions are stored as oh << 16 | ow in int32)
         return run_kernel(conv_sparse.count_nonzero, dout, size=dout.size) <= self.sparse_max_density * size
 
-    def _backward_sparse(self, dout, argmax, pooled, input_grad):
+    def _backward_sparse(self, dout, argmax, pooled, input_grad, Wo):
         """The backward of :mod:`minicnn.kernels.conv_sparse`: dW, db and dx
         from the non-zero entries of the output gradient only.  ``dout`` is
         the full gradient (N, F, Ho, Wo), or with ``pooled`` the pooled one
@@ -260,17 +270,13 @@ class Conv2D(Layer):
         N, C, H, W = self._x_shape
         F = self.out_channels
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        Ho, Wo = window_output_shape(self.name, (H, W), self.kernel_size, self.stride, self.padding)
         dt = self.dtype
         Wt = self.params["W"]
         if not np.isfinite(Wt).all():
             return False
         xt = self._buffer("_xt", (N, H + 2 * ph, (W + 2 * pw) * C), dt)
         finite = self._buffer("_xt_finite", (N,), np.bool_)
-        ints = np.int32 if dt == np.float32 else np.int64
-        bits = self._x.reshape(N, -1).view(ints)
-        mask, inf = ints(np.iinfo(ints).max), np.array(np.inf, dt).view(ints)[()]
-        run_kernel(conv_sparse.pad_channels_last, self._x, bits, mask, inf, ph, pw, xt, finite)
+        run_kernel(conv_sparse.pad_channels_last, self._x, *float_bits(self._x), ph, pw, xt, finite)
         if not finite.all():
             return False
         cap = dout.shape[2] * dout.shape[3]
