@@ -546,13 +546,14 @@ def test_3x3s2_avg_kernels_equal_general_kernels(dtype, H, W, ph, count_include_
     """The 3x3 stride-2 average kernels (forward over split even/odd
     columns, backward in gather form) give the general kernels' bits: same
     additions in the same order, on ties, signed zeros and cancelling
-    values, threaded and serial."""
+    values, infinities and NaN (their bits), threaded and serial."""
     from minicnn.layers.geometry import output_size
     rng = np.random.default_rng(H * 100 + W + ph)
     x = rng.standard_normal((6, H, W)).astype(dtype)
     x[0] = rng.integers(-2, 3, (H, W))                          # exact cancellations: +0
     x[1] = -0.0
     x[2] = rng.choice(np.array([0.0, -0.0, 1e-30, -1e-30, 3.0], dtype), (H, W))
+    x[3] = rng.choice(np.array([np.inf, -np.inf, np.nan, -np.nan, 1.0], dtype), (H, W))
     Ho = output_size(H, 3, 2, ph, 1, False)
     Wo = output_size(W, 3, 2, 1, 1, False)
     dout = rng.standard_normal((6, Ho, Wo)).astype(dtype)

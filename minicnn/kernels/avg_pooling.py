@@ -118,6 +118,20 @@ def _avg_divisor_table(H, W, H_out, W_out, kh, kw, sh, sw, ph, pw, count_include
     return D
 
 
+@njit(cache=True)
+def _split_pairs32(u, e, o):
+    """``u`` (n,) uint64: a float32 row read as pairs of cells -> ``e[m]``,
+    ``o[m]`` (n,) float32, the cells ``2m`` and ``2m+1``: the low and high
+    32 bits of ``u[m]`` (little-endian), bits unchanged.  Shifts and
+    truncations the compiler vectorises, faster than two stride-2 reads."""
+    eu = e.view(np.uint32)
+    ou = o.view(np.uint32)
+    for m in range(u.shape[0]):
+        w = u[m]
+        eu[m] = np.uint32(w & np.uint64(0xFFFFFFFF))
+        ou[m] = np.uint32(w >> np.uint64(32))
+
+
 def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
     """:func:`_avgpool2d_forward` for a 3x3 window, stride 2, column padding
     1, row padding ``ph`` (0 or 1), even width W, ``W_out = W/2`` and
@@ -129,10 +143,18 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
     ``l[m] = x[r, 2j-1]`` (+0 for j = 0: column -1 is padding), stored with
     a row of zeros above and below the plane; then for every centre row c
     (every row, though only every other one is an output row) the window
-    sum ``0 + l + e + o`` over rows c-1, c, c+1 in row-major order, in one
-    loop over the plane; then output row oh (centre row ``2*oh - ph + 1``)
-    is that sum divided by the window's divisor.  A tap outside the input
-    adds +0, which changes nothing: a sum started at +0 is never -0.
+    sum ``0 + l + e + o`` over rows c-1, c, c+1 in row-major order, divided
+    by the window's divisor (``Df``: 1 on the rows that are not output
+    rows), in one loop over the plane; then output cell ``m`` is that
+    quotient at centre row ``2*oh - ph + 1`` (``src[m]``), in one loop over
+    the output plane.  A tap outside the input adds +0, which changes
+    nothing: a sum started at +0 is never -0.
+    The split into ``e`` and ``o`` reads the plane as 64-bit words, each
+    holding cells ``2j`` (low half: numpy and Numba run little-endian
+    only) and ``2j+1`` (float32; float64 reads its cells directly).
+    64x64x14x14, 2 threads: 320 -> 270 us (dividing the whole plane in one
+    loop and the gather, 320 -> 286; the 64-bit split, the rest);
+    64x32x28x28 465 -> 395 us.
 
     Parallel: prange over runs of consecutive planes (as
     :func:`~minicnn.kernels.max_pooling._maxpool2d_3x3s2_forward`); iteration
@@ -145,7 +167,17 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
     dt = out.dtype.type
     D = _avg_divisor_table(H, W, H_out, W_out, 3, 3, 2, 2, ph, 1, count_include_pad,
                            divisor_override, out)
+    no = H_out * Wh
+    Df = np.ones(n, out.dtype)               # divisor of each centre row's window sum
+    src = np.empty(no, np.int64)             # out.flat[m] = v[src[m]]
+    for oh in range(H_out):
+        for j in range(Wh):
+            Df[(2 * oh - ph + 1) * Wh + j] = D[oh, j]
+            src[oh * Wh + j] = (2 * oh - ph + 1) * Wh + j
     xf = x.reshape((P, H * W))
+    pairs = x.itemsize == 4                  # float32: read the cells as pairs (docstring)
+    xu = xf.view(np.uint64)
+    of = out.reshape((P, no))
     n_chunks = min(P, PLANE_RUNS)
     E = np.zeros((n_chunks, n + 2 * Wh), x.dtype)    # row 0 and row H + 1 stay zero
     O = np.zeros((n_chunks, n + 2 * Wh), x.dtype)
@@ -159,12 +191,15 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
         v = V[c]
         p_lo, p_hi = _plane_run(c, n_chunks, P)
         for p in range(p_lo, p_hi):
-            plane = xf[p]
-            for m in range(n):
-                e_in[m] = plane[2 * m]
-                o_in[m] = plane[2 * m + 1]
+            if pairs:
+                _split_pairs32(xu[p], e_in, o_in)
+            else:
+                plane = xf[p]
+                for m in range(n):
+                    e_in[m] = plane[2 * m]
+                    o_in[m] = plane[2 * m + 1]
             for m in range(1, n):
-                l_in[m] = plane[2 * m - 1]
+                l_in[m] = o_in[m - 1]
             for r in range(H):
                 l_in[r * Wh] = 0.0
             for t in range(n):
@@ -178,11 +213,10 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
                 s += l2[t]
                 s += e2[t]
                 s += o2[t]
-                v[t] = s
-            for oh in range(H_out):
-                q = (2 * oh - ph + 1) * Wh
-                for j in range(Wh):
-                    out[p, oh, j] = v[q + j] / D[oh, j]
+                v[t] = s / Df[t]
+            op = of[p]
+            for m in range(no):
+                op[m] = v[src[m]]
 
 
 def _avgpool2d_2x2_forward(x, divisor, out):
