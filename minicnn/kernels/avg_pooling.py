@@ -339,7 +339,10 @@ def _avgpool2d_3x3s2_backward(dout, ph, count_include_pad, divisor_override, dx)
     ``2b+1``.  A window that does not exist is a share of -0.0 (row
     H_out, column W_out of the scratch ``g``), which adds nothing to any
     value, +0 included.  Each input row is one loop over b that writes its
-    even and odd cells.
+    even and odd cells.  The shares are divided in one loop over the output
+    plane and then placed in ``g``'s rows (64x64x14x14, 2 threads: 360 ->
+    330 us; 64x32x28x28 630-653 -> 563-566 us, against a division loop per
+    output row of 7-14 cells).
 
     Parallel: prange over runs of consecutive planes; iteration c writes
     only its planes of ``dx`` and its row of the scratch ``g``.
@@ -363,12 +366,23 @@ def _avgpool2d_3x3s2_backward(dout, ph, count_include_pad, divisor_override, dx)
         lohi[r, 0], lohi[r, 1] = lo * Wg, hi * Wg
     n_chunks = min(P, PLANE_RUNS)
     G = np.full((n_chunks, (H_out + 1) * Wg), -0.0, dx.dtype)
+    no = H_out * W_out
+    Df = D.reshape(no)
+    gpos = np.empty(no, np.int64)            # the cell of G that output m's share goes to
+    for oh in range(H_out):
+        for j in range(W_out):
+            gpos[oh * W_out + j] = oh * Wg + j
+    dflat = dout.reshape((P, no))
+    T = np.empty((n_chunks, no), dx.dtype)
     for c in prange(n_chunks):
         p_lo, p_hi = _plane_run(c, n_chunks, P)
+        t, gc = T[c], G[c]
         for p in range(p_lo, p_hi):
-            for oh in range(H_out):
-                for j in range(W_out):
-                    G[c, oh * Wg + j] = dout[p, oh, j] / D[oh, j]
+            dp = dflat[p]
+            for m in range(no):              # one loop over the plane: the divisions vectorise
+                t[m] = dp[m] / Df[m]
+            for m in range(no):
+                gc[gpos[m]] = t[m]
             for r in range(H):
                 lo, hi = lohi[r, 0], lohi[r, 1]
                 g0, g1 = G[c, lo:lo + Wg], G[c, hi:hi + Wg]
