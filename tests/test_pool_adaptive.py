@@ -508,15 +508,25 @@ def test_spp_max_equals_level_by_level(hw, levels, kind):
         np.testing.assert_array_equal(layer.backward(dout).view(np.uint8), expect.view(np.uint8))
 
 
-@pytest.mark.parametrize("fine,coarse", [((4, 4), (2, 2)), ((4, 4), (1, 1)), ((6, 4), (3, 2)),
-                                         ((6, 6), (2, 3))])
-@pytest.mark.parametrize("kind", ["normal", "ties", "nan"])
+def _merge_input(kind, shape, rng):
+    if kind == "normal":
+        return rng.standard_normal(shape)
+    if kind == "signed_zeros":                      # -0.0 and 0.0 tie: the first one wins
+        return rng.choice(np.array([0.0, -0.0, -1.0]), shape)
+    x = rng.integers(0, 2, shape) * 1.0
+    if kind == "nan":
+        x[rng.random(shape) < 0.05] = np.nan
+    return x
+
+
+# (4, 4) -> (2, 2) and (8, 6) -> (4, 3) halve (the written-out path); the rest are general
+@pytest.mark.parametrize("fine,coarse", [((4, 4), (2, 2)), ((8, 6), (4, 3)), ((4, 4), (1, 1)),
+                                         ((6, 4), (3, 2)), ((6, 6), (2, 3))])
+@pytest.mark.parametrize("kind", ["normal", "ties", "nan", "signed_zeros"])
 def test_max_merge_equals_direct_pooling(fine, coarse, kind):
     rng = np.random.default_rng(10)
     shape = (2, 3, 13, 11)
-    x = rng.standard_normal(shape) if kind == "normal" else rng.integers(0, 2, shape) * 1.0
-    if kind == "nan":
-        x[rng.random(shape) < 0.05] = np.nan
+    x = _merge_input(kind, shape, rng)
     fy, fa = np.empty(shape[:2] + fine), np.empty(shape[:2] + fine, np.int64)
     K.adaptive_max_forward(x, fy, fa)
     y, a = np.empty(shape[:2] + coarse), np.empty(shape[:2] + coarse, np.int64)
@@ -524,6 +534,25 @@ def test_max_merge_equals_direct_pooling(fine, coarse, kind):
     ry, ra = scan_max(x, *coarse)
     np.testing.assert_array_equal(a, ra)
     np.testing.assert_array_equal(y.view(np.uint8), ry.view(np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "nan", "signed_zeros"])
+def test_chained_max_merges_equal_direct_pooling(kind):
+    """4 -> 2 -> 1, as the pyramid computes levels (1, 2, 4): the merge rule
+    is a total order on (value, index), so a merge of merges is the direct
+    pooling too."""
+    rng = np.random.default_rng(12)
+    shape = (3, 4, 14, 14)
+    x = _merge_input(kind, shape, rng).astype(np.float32)
+    y, a = np.empty(shape[:2] + (4, 4), np.float32), np.empty(shape[:2] + (4, 4), np.int64)
+    K.adaptive_max_forward(x, y, a)
+    for v in (2, 1):
+        y2, a2 = np.empty(shape[:2] + (v, v), np.float32), np.empty(shape[:2] + (v, v), np.int64)
+        K.adaptive_max_merge(y, a, y2, a2)
+        ry, ra = scan_max(x, v, v)
+        np.testing.assert_array_equal(a2, ra)
+        np.testing.assert_array_equal(y2.view(np.uint8), ry.view(np.uint8))
+        y, a = y2, a2
 
 
 SERIAL_NEW = {name: njit(parallel=False)(getattr(K, "_" + name))

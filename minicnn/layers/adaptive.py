@@ -211,9 +211,10 @@ class SpatialPyramidPool2D(Layer):
     level channel-major, ``c*l*l + i*l + j`` (``torch.flatten(pooled, 1)``).
     Backward: each level's slice of ``dout`` goes through that level's
     adaptive backward; the input gradients of the levels are summed.
-    Max mode computes the same values in fewer passes: a level dividing the
-    largest one is merged from the largest level's result
-    (``adaptive_max_merge``), and one kernel routes every level's gradient
+    Max mode computes the same values in fewer passes: levels are taken
+    from the largest down, and a level that divides one already computed is
+    merged from the smallest such level's result (``adaptive_max_merge``:
+    4 -> 2 -> 1); one kernel routes every level's gradient
     (``pyramid_max_backward``).
     """
 
@@ -253,18 +254,20 @@ class SpatialPyramidPool2D(Layer):
         if self.mode == "avg":
             return np.concatenate([_avg(x, v, v).reshape(N, C * v * v) for v in self.levels],
                                   axis=1)
-        # max: one pass over x for the largest level; a level that divides it
-        # is merged from that result (its bins are unions of the finer bins)
-        fine = {top: _max(x, top, top)}
-        for v in self.levels:
-            if v not in fine:
-                if top % v == 0:
-                    y = np.empty((N, C, v, v), x.dtype)
-                    argmax = np.empty(y.shape, np.int64)
-                    run_kernel(adaptive_max_merge, fine[top][0], fine[top][1], y, argmax)
-                    fine[v] = y, argmax
-                else:
-                    fine[v] = _max(x, v, v)
+        # max: one pass over x for the largest level; a level that divides a
+        # level already done is merged from the smallest such (its bins are
+        # unions of that level's bins): 4 -> 2 -> 1
+        fine = {}
+        for v in sorted(set(self.levels), reverse=True):
+            finer = [u for u in fine if u % v == 0]
+            if finer:
+                u = min(finer)
+                y = np.empty((N, C, v, v), x.dtype)
+                argmax = np.empty(y.shape, np.int64)
+                run_kernel(adaptive_max_merge, fine[u][0], fine[u][1], y, argmax)
+                fine[v] = y, argmax
+            else:
+                fine[v] = _max(x, v, v)
         y = np.concatenate([fine[v][0].reshape(N, C * v * v) for v in self.levels], axis=1)
         self._argmax = np.concatenate([fine[v][1].reshape(N, C * v * v) for v in self.levels],
                                       axis=1)
