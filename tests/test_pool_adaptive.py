@@ -472,6 +472,39 @@ def test_avg_backward_bit_exact_any_bins(H, W, oh, ow, dtype, seed):
     np.testing.assert_array_equal(dx.view(np.uint8), expect.view(np.uint8))
 
 
+def _avg_forward_by_the_rule(x, oh, ow):
+    """The forward's documented order, in float64: for each row bin the
+    column sums ``x[h0, w] + x[h0 + 1, w] + ...``, then each bin adds its
+    columns' sums left to right and divides by its area."""
+    N, C, H, W = x.shape
+    y = np.empty((N, C, oh, ow), x.dtype)
+    for i in range(oh):
+        h0, h1 = (i * H) // oh, ((i + 1) * H + oh - 1) // oh
+        col = x[:, :, h0, :].astype(np.float64)
+        for h in range(h0 + 1, h1):
+            col = col + x[:, :, h, :]
+        for j in range(ow):
+            w0, w1 = (j * W) // ow, ((j + 1) * W + ow - 1) // ow
+            s = col[:, :, w0]
+            for w in range(w0 + 1, w1):
+                s = s + col[:, :, w]
+            y[:, :, i, j] = s / ((h1 - h0) * (w1 - w0))
+    return y
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 15), st.integers(1, 15), st.integers(2, 9), st.integers(1, 9),
+       st.sampled_from([np.float32, np.float64]), st.integers(0, 2**16))
+def test_avg_forward_bit_exact_any_bins(H, W, oh, ow, dtype, seed):
+    """The forward adds in the documented order (1x1, the global average,
+    has its own order and is not drawn here)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((2, 3, H, W)) * 10.0 ** rng.integers(-3, 4, (2, 3, H, W))).astype(dtype)
+    y = np.full((2, 3, oh, ow), np.nan, dtype)
+    K.adaptive_avg_forward(x, y)
+    np.testing.assert_array_equal(y.view(np.uint8), _avg_forward_by_the_rule(x, oh, ow).view(np.uint8))
+
+
 @pytest.mark.parametrize("hw", [(8, 8), (14, 14), (9, 7), (13, 10)])
 @pytest.mark.parametrize("levels", [(1, 2, 4), (4, 2, 1), (3, 1), (1, 3, 4), (1,)])
 @pytest.mark.parametrize("kind", ["normal", "ties", "nan"])

