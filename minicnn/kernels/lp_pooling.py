@@ -199,7 +199,12 @@ def _lppool2d_3x3s2_forward(x, norm_type, out, sums):
     ``e[m] + o[m] + e[m+1]`` over rows c-1, c, c+1 in row-major order from
     0, in one long loop over the plane that the compiler vectorises; then
     output row oh is centre row ``2*oh + 1``.  (Its last column, j = Wh-1,
-    is not an output: it reads a zero past the plane's end.)
+    is not an output: it reads a zero past the plane's end.)  The output
+    rows' sums are gathered into one float64 row per plane, and ``sums``
+    and the roots are taken from it in loops over the whole output plane:
+    for p = 2 the square roots then vectorise (128x16x24x24, 2 threads,
+    627-656 -> 429-459 us; a root per output inside the row loops, the
+    previous version, did not vectorise).
 
     Parallel: prange over runs of consecutive planes (as
     :func:`~minicnn.kernels.max_pooling._maxpool2d_3x3s2_forward`);
@@ -215,8 +220,16 @@ def _lppool2d_3x3s2_forward(x, norm_type, out, sums):
     E = np.zeros((n_chunks, n + 1), np.float64)
     O = np.zeros((n_chunks, n + 1), np.float64)
     V = np.empty((n_chunks, max(t_end, 0)), np.float64)
+    no = H_out * W_out
+    src = np.empty(no, np.int64)             # output cell m's window sum is v[src[m]]
+    for oh in range(H_out):
+        for j in range(W_out):
+            src[oh * W_out + j] = 2 * oh * Wh + j
+    U = np.empty((n_chunks, no), np.float64)
+    sf = sums.reshape((P, no))
+    of = out.reshape((P, no))
     for c in prange(n_chunks):
-        e, o, v = E[c], O[c], V[c]
+        e, o, v, u = E[c], O[c], V[c], U[c]
         e0, o0, f0 = E[c, :t_end], O[c, :t_end], E[c, 1:t_end + 1]                   # row c-1
         e1, o1, f1 = E[c, Wh:Wh + t_end], O[c, Wh:Wh + t_end], E[c, Wh + 1:Wh + t_end + 1]
         e2, o2, f2 = E[c, 2 * Wh:2 * Wh + t_end], O[c, 2 * Wh:2 * Wh + t_end], E[c, 2 * Wh + 1:]
@@ -238,11 +251,17 @@ def _lppool2d_3x3s2_forward(x, norm_type, out, sums):
                 s += o2[t]
                 s += f2[t]
                 v[t] = s
-            for oh in range(H_out):
-                q = 2 * oh * Wh
-                for j in range(W_out):
-                    sums[p, oh, j] = v[q + j]
-                    out[p, oh, j] = _root(v[q + j], norm_type)
+            for m in range(no):               # the output rows' sums, float64
+                u[m] = v[src[m]]
+            sp, op = sf[p], of[p]
+            for m in range(no):
+                sp[m] = u[m]
+            if norm_type == 2.0:             # a literal 2: the root is a sqrt that vectorises
+                for m in range(no):
+                    op[m] = _root(u[m], 2.0)
+            else:
+                for m in range(no):
+                    op[m] = _root(u[m], norm_type)
 
 
 def _lppool2d_backward(dout, x, out, sums, norm_type, kh, kw, sh, sw, dx):
