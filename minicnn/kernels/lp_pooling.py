@@ -307,6 +307,9 @@ def _lppool2d_3x3_backward(dout, x, out, sums, norm_type, sh, sw, dx):
     :func:`_lppool2d_3x3_forward`: same result bit for bit (every cell gets
     the same additions in the same order: windows in row-major order); the
     inner windows' nine cells written out, the others by the general loop.
+    Each window's ``dout * out / sums`` is computed first, in one loop over
+    the output plane, where the divisions vectorise (64x32x28x28 3x3/2,
+    p = 2: 1820-2104 -> 1695-1701 us; 64x64x14x14 801-804 -> 747-748 us).
 
     Parallel: prange over the P planes; iteration p writes only plane p.
     H_out, W_out: ``geometry.output_size`` (read from the output's shape).
@@ -319,7 +322,14 @@ def _lppool2d_3x3_backward(dout, x, out, sums, norm_type, sh, sw, dx):
     oh_a, oh_b = _inner_windows(H_out, 3, sh, 0, H)
     ow_a, ow_b = _inner_windows(W_out, 3, sw, 0, W)
     flat = dx.reshape((P, H * W))
+    no = H_out * W_out
+    G = np.empty((P, no), dout.dtype)        # each window's dout * out / sums
+    one = dout.dtype.type(1.0)
+    df, of, sf = dout.reshape((P, no)), out.reshape((P, no)), sums.reshape((P, no))
     for p in prange(P):
+        gp, dp, op, sp = G[p], df[p], of[p], sf[p]
+        for m in range(no):                  # one loop over the plane: the divisions vectorise
+            gp[m] = dp[m] * op[m] / (sp[m] if sp[m] != 0.0 else one)   # sums == 0: not used
         for q in range(H * W):
             flat[p, q] = 0.0
         for oh in range(H_out):
@@ -332,7 +342,7 @@ def _lppool2d_3x3_backward(dout, x, out, sums, norm_type, sh, sw, dx):
                     if s == 0.0:
                         continue
                     w = ow * sw
-                    g = dout[p, oh, ow] * out[p, oh, ow] / s
+                    g = G[p, oh * W_out + ow]
                     if not inner:
                         w_lo, w_hi = w_los[ow], w_his[ow]
                         n = (h_hi - h_lo) * (w_hi - w_lo)
