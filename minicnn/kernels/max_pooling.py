@@ -102,45 +102,19 @@ def _max9(x, p, r0, r1, r2, c0, c1, c2):
     ``r`` in (r0, r1, r2), ``c`` in (c0, c1, c2), in row-major order
     (tap ``k = 3*i + j``); ``v > best`` (NaN is not looked for here).
 
-    As a tree: each row's first maximum (three independent chains of two
-    selects), then the rows in order, a later row taking over only if
-    strictly greater.  That is the row-major first maximum (the first row
+    As a tree of :func:`_first_max3`: each row's first maximum (three
+    independent chains of two selects), then the rows' winners in order, a
+    later row taking over only if strictly greater.  That is the row-major
+    first maximum (the first row
     holding the maximum, and in it the first column), with a chain of four
     dependent selects instead of eight: fractional max pooling 3x3 on
     64x64x14x14 -> 7x7, kernel alone, 1303-1309 -> 772-774 us; 64x32x28x28
     -> 14x14 1320-1324 -> 1052 us (2 threads, old and new alternating,
     2026-11-24 about 04:46 UTC)."""
-    a0, a1, a2 = x[p, r0, c0], x[p, r0, c1], x[p, r0, c2]
-    b0, b1, b2 = x[p, r1, c0], x[p, r1, c1], x[p, r1, c2]
-    d0, d1, d2 = x[p, r2, c0], x[p, r2, c1], x[p, r2, c2]
-    best, k = a0, 0                       # row 0
-    gt = a1 > best
-    best = a1 if gt else best
-    k = 1 if gt else k
-    gt = a2 > best
-    best = a2 if gt else best
-    k = 2 if gt else k
-    mid, km = b0, 3                       # row 1
-    gt = b1 > mid
-    mid = b1 if gt else mid
-    km = 4 if gt else km
-    gt = b2 > mid
-    mid = b2 if gt else mid
-    km = 5 if gt else km
-    low, kl = d0, 6                       # row 2
-    gt = d1 > low
-    low = d1 if gt else low
-    kl = 7 if gt else kl
-    gt = d2 > low
-    low = d2 if gt else low
-    kl = 8 if gt else kl
-    gt = mid > best                       # the rows, in order
-    best = mid if gt else best
-    k = km if gt else k
-    gt = low > best
-    best = low if gt else best
-    k = kl if gt else k
-    return best, k
+    best, k = _first_max3(x[p, r0, c0], x[p, r0, c1], x[p, r0, c2], 0, 1, 2)
+    mid, km = _first_max3(x[p, r1, c0], x[p, r1, c1], x[p, r1, c2], 3, 4, 5)
+    low, kl = _first_max3(x[p, r2, c0], x[p, r2, c1], x[p, r2, c2], 6, 7, 8)
+    return _first_max3(best, mid, low, k, km, kl)
 
 
 def _maxpool2d_3x3_forward(x, sh, sw, ph, pw, out, argmax):
