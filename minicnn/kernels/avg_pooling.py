@@ -150,8 +150,9 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
     the output plane.  A tap outside the input adds +0, which changes
     nothing: a sum started at +0 is never -0.
     The split into ``e`` and ``o`` reads the plane as 64-bit words, each
-    holding cells ``2j`` (low half: numpy and Numba run little-endian
-    only) and ``2j+1`` (float32; float64 reads its cells directly).
+    holding cells ``2j`` (the low half: Numba targets little-endian
+    machines only) and ``2j+1`` (float32; float64 reads its cells
+    directly).
     64x64x14x14, 2 threads: 320 -> 270 us (dividing the whole plane in one
     loop and the gather, 320 -> 286; the 64-bit split, the rest);
     64x32x28x28 465 -> 395 us.
