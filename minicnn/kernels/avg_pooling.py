@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit, prange
 
 from minicnn.kernels.window import (PLANE_RUNS, _avg_divisor, _avg_extents, _inner_windows,
-                                    _plane_run, _zero_uncovered_2x2)
+                                    _output_cells, _plane_run, _zero_uncovered_2x2)
 
 
 # --------------------------------------------------------------------- average
@@ -169,12 +169,11 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
     D = _avg_divisor_table(H, W, H_out, W_out, 3, 3, 2, 2, ph, 1, count_include_pad,
                            divisor_override, out)
     no = H_out * Wh
+    src = _output_cells(H_out, Wh, Wh, 2, 1 - ph)   # out.flat[m] = v[src[m]]
     Df = np.ones(n, out.dtype)               # divisor of each centre row's window sum
-    src = np.empty(no, np.int64)             # out.flat[m] = v[src[m]]
-    for oh in range(H_out):
-        for j in range(Wh):
-            Df[(2 * oh - ph + 1) * Wh + j] = D[oh, j]
-            src[oh * Wh + j] = (2 * oh - ph + 1) * Wh + j
+    Dflat = D.reshape(no)
+    for m in range(no):
+        Df[src[m]] = Dflat[m]
     xf = x.reshape((P, H * W))
     pairs = x.itemsize == 4                  # float32: read the cells as pairs (docstring)
     xu = xf.view(np.uint64)
@@ -369,10 +368,7 @@ def _avgpool2d_3x3s2_backward(dout, ph, count_include_pad, divisor_override, dx)
     G = np.full((n_chunks, (H_out + 1) * Wg), -0.0, dx.dtype)
     no = H_out * W_out
     Df = D.reshape(no)
-    gpos = np.empty(no, np.int64)            # the cell of G that output m's share goes to
-    for oh in range(H_out):
-        for j in range(W_out):
-            gpos[oh * W_out + j] = oh * Wg + j
+    gpos = _output_cells(H_out, W_out, Wg, 1, 0)    # the cell of G that output m's share goes to
     dflat = dout.reshape((P, no))
     T = np.empty((n_chunks, no), dx.dtype)
     for c in prange(n_chunks):

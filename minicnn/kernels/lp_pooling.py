@@ -7,8 +7,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from minicnn.kernels.window import (PLANE_RUNS, _avg_extents, _inner_windows, _plane_run,
-                                    _zero_uncovered_2x2)
+from minicnn.kernels.window import (PLANE_RUNS, _avg_extents, _inner_windows, _output_cells,
+                                    _plane_run, _zero_uncovered_2x2)
 
 
 @njit(cache=True, inline='always')
@@ -221,10 +221,7 @@ def _lppool2d_3x3s2_forward(x, norm_type, out, sums):
     O = np.zeros((n_chunks, n + 1), np.float64)
     V = np.empty((n_chunks, max(t_end, 0)), np.float64)
     no = H_out * W_out
-    src = np.empty(no, np.int64)             # output cell m's window sum is v[src[m]]
-    for oh in range(H_out):
-        for j in range(W_out):
-            src[oh * W_out + j] = 2 * oh * Wh + j
+    src = _output_cells(H_out, W_out, Wh, 2, 0)    # output cell m's window sum is v[src[m]]
     U = np.empty((n_chunks, no), np.float64)
     sf = sums.reshape((P, no))
     of = out.reshape((P, no))

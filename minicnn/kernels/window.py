@@ -136,3 +136,19 @@ def _plane_run(c, n_runs, P):
     PLANE_RUNS)``): consecutive runs that cover ``0 .. P-1`` once, their
     sizes differing by at most one."""
     return c * P // n_runs, (c + 1) * P // n_runs
+
+
+@njit(cache=True)
+def _output_cells(H_out, W_out, row_len, step, first):
+    """``src`` (H_out*W_out,) int64: where output cell ``m = oh*W_out + j``
+    sits in a flat scratch of rows ``row_len`` long whose row ``step*oh +
+    first`` holds output row oh: ``src[m] = (step*oh + first)*row_len + j``.
+    The 3x3 stride-2 kernels keep one value per (row, output column) in such
+    a scratch and move every output with one loop over ``src`` (loops over
+    output rows of 7-14 cells do not vectorise the work around them)."""
+    src = np.empty(H_out * W_out, np.int64)
+    for oh in range(H_out):
+        for j in range(W_out):
+            src[oh * W_out + j] = (step * oh + first) * row_len + j
+    return src
+
