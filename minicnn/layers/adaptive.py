@@ -27,6 +27,21 @@ from minicnn.kernels.adaptive import (adaptive_avg_backward, adaptive_avg_forwar
 from minicnn.layers.base import Layer
 from minicnn.threads import run_kernel
 
+MERGE_WORK_PER_CELL = 4
+"""The pyramid's merge weighs each fine cell it reads as this many
+elements for :func:`~minicnn.threads.run_kernel`'s serial/parallel choice
+(``PARALLEL_MIN_SIZE`` elements): a merge compares (value, index) pairs
+under the NaN and tie rule, several operations per cell, so threads pay
+off on far fewer cells than for an elementwise kernel.  Measured on the
+2-core VM, 2026-11-24, halving merges with a numpy reduction between calls
+(medians of 350), serial -> 2 threads: 2048 fine cells 9.7 -> 20.2 us,
+4096 22.4 -> 23.7 us, 8192 22.5-27.1 -> 26.1-28.3 us, 16384 41.4-51.9 ->
+35.8-40.2 us, 65536 293 -> 132 us.  The crossover lies between 8K and 16K
+cells; the factor 4 puts the switch at 8K (``4 * 8K = PARALLEL_MIN_SIZE``).
+The pyramid's 2x2 -> 1x1 merge on 64x64x14x14 planes (16384 fine cells)
+was serial before; the pyramid's forward there (levels 1, 2, 4), old and
+new alternating in one process (medians of 270): 1263-1265 -> 1185-1212 us."""
+
 
 def adaptive_output_size(value, layer: str) -> tuple:
     """Validate ``output_size``: an int or an ``(h, w)`` pair whose entries
@@ -264,7 +279,8 @@ class SpatialPyramidPool2D(Layer):
                 u = min(finer)
                 y = np.empty((N, C, v, v), x.dtype)
                 argmax = np.empty(y.shape, np.int64)
-                run_kernel(adaptive_max_merge, fine[u][0], fine[u][1], y, argmax)
+                run_kernel(adaptive_max_merge, fine[u][0], fine[u][1], y, argmax,
+                           size=MERGE_WORK_PER_CELL * fine[u][0].size)
                 fine[v] = y, argmax
             else:
                 fine[v] = _max(x, v, v)
