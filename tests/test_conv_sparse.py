@@ -111,6 +111,7 @@ def test_nan_in_the_gradient_spreads_as_in_the_gemm_path():
 
 @pytest.mark.parametrize("where", ["x", "W"])
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
+@pytest.mark.filterwarnings("ignore:invalid value encountered in matmul:RuntimeWarning")
 def test_non_finite_input_or_weight_takes_the_gemm_path(spy, where, bad):
     """0 * inf is NaN in the GEMMs; skipping the zeros would hide it, so a
     non-finite input or weight sends the layer down the GEMM path, with its
