@@ -174,6 +174,26 @@ def test_targets_fail_from_the_measured_ratios():
     assert ts["peak RSS of default `minicnn train` <= 1 GB"]["pass"] is False
 
 
+@pytest.mark.parametrize("r, need, at_most, shown", [
+    (2.996, 3.0, False, "2.996×"),        # would read "3.00×", a pass, under plain rounding
+    (3.004, 3.0, False, "3.00×"),
+    (2.9999996, 3.0, False, "2.9999996×"),
+    (12.9, 8.0, False, "12.9×"),
+    (7.9996, 8.0, False, "7.9996×"),
+    (1.003, 1.0, True, "1.003×"),         # "1.00×" would read as <= 1
+    (0.9996, 1.0, True, "1.00×"),
+    (None, 3.0, False, "—"),
+])
+def test_a_ratio_is_never_shown_on_the_wrong_side_of_its_threshold(r, need, at_most, shown):
+    assert report._fmt_vs(r, need, at_most) == shown
+
+
+def test_a_failing_case_at_the_threshold_reads_as_failing():
+    ts = _by_target(report.targets(_results(pool_ratio_nchw=2.996)))
+    nchw = ts["every pooling fwd+bwd >= 3x faster than PyTorch NCHW"]
+    assert nchw["pass"] is False and "2.996×" in nchw["detail"] and "2.996×" in nchw["measured"]
+
+
 def test_targets_not_measured_without_data():
     ts = report.targets({"records": []})
     assert all(t["pass"] is None for t in ts)
