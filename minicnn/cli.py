@@ -5,6 +5,7 @@
     minicnn summary    --model NAME
     minicnn gradcheck  [--layers NAME ...]
     minicnn study      [--quick] [--seeds N] [--epochs N] [--variants a,b] [--run-dir DIR] ...
+    minicnn bench      [--quick] [--only SECTIONS] ...   (python -m benchmarks; a source checkout)
 
 Invalid flags or values exit with status 2 and an argparse message; known
 failures (missing data, bad checkpoint, NaN in training) print one clear
@@ -18,6 +19,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 
 # ------------------------------------------------------------ argument types
@@ -116,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--data-dir", help="folder holding the MNIST IDX files (default: $MINICNN_DATA, then the cache)")
     st.add_argument("--no-plots", action="store_true", help="do not write the PNGs")
     st.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    # listed for `minicnn --help`; main() hands `bench`'s arguments over before parsing
+    b = sub.add_parser("bench", add_help=False,
+                       help="the benchmark suite (python -m benchmarks; a source checkout only)",
+                       description="Run the benchmark suite of a source checkout; every argument goes "
+                                   "to it (minicnn bench --help lists them).")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS")
     return p
 
 
@@ -254,11 +263,40 @@ def cmd_study(args) -> int:
     return 0
 
 
+def _benchmarks_root():
+    """The source checkout holding ``benchmarks/`` beside this package, or
+    None (an installed wheel has no benchmarks)."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "benchmarks" / "__main__.py").is_file() else None
+
+
+def cmd_bench(bench_args) -> int:
+    """``minicnn bench ARGS``: ``python -m benchmarks ARGS`` of the checkout
+    this minicnn is installed from (editable install or source tree).
+    :func:`main` hands it every argument after ``bench`` unparsed, options
+    first included (argparse's REMAINDER would not take a leading
+    ``--quick``)."""
+    root = _benchmarks_root()
+    if root is None:
+        print("minicnn bench: the benchmark suite is the benchmarks/ folder of the source repository, "
+              f"and this installation ({Path(__file__).resolve().parent}) has none beside it; "
+              "run `python -m benchmarks` from a clone's root, or install minicnn from a clone "
+              "with `pip install -e .`", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.__main__ import main as bench_main
+    return bench_main(list(bench_args))
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary,
             "gradcheck": cmd_gradcheck, "study": cmd_study}
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from minicnn.checkpoint import CheckpointError

@@ -597,6 +597,32 @@ def test_help_works():
         assert flag in out.stdout
 
 
+def test_minicnn_bench_passes_every_argument_to_the_suite(tmp_path):
+    """`minicnn bench ARGS` is `python -m benchmarks ARGS` of this checkout,
+    leading options included, from any working directory."""
+    out = subprocess.run([sys.executable, "-m", "minicnn", "bench", "--help"], cwd=tmp_path, env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage: python -m benchmarks" in out.stdout and "--quick" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "minicnn", "bench", "--tiny", "--no-torch", "--only", "pooling",
+                          "--repeats", "1", "--out", str(tmp_path / "r")],
+                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    files = sorted(os.listdir(tmp_path / "r"))
+    assert len(files) == 2 and files[0].endswith("-tiny.json") and files[1].endswith("-tiny.md")
+    out = subprocess.run([sys.executable, "-m", "minicnn", "bench", "--only", "nope"], cwd=tmp_path, env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "unknown section" in out.stderr
+
+
+def test_minicnn_bench_without_a_checkout_says_where_the_suite_is(monkeypatch, capsys):
+    from minicnn import cli
+    monkeypatch.setattr(cli, "_benchmarks_root", lambda: None)
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minicnn bench: ") and "benchmarks/" in err and "python -m benchmarks" in err
+
+
 def test_bad_section_is_a_usage_error():
     out = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "nope"], cwd=ROOT, env=_env(),
                          capture_output=True, text=True, timeout=120)
