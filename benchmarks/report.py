@@ -95,11 +95,6 @@ def _fmt_vs(r, need, at_most=False):
             return text
         text = f"{r:.{digits}f}×"
     return f"{r!r}×"                     # the shortest text that reads back as r
-    for digits in (3, 4, 5, 6):
-        if (float(text.rstrip("×")) >= need) == (r >= need):
-            break
-        text = f"{r:.{digits}f}×"
-    return text
 
 
 def targets(results: dict) -> list[dict]:
