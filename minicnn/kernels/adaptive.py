@@ -493,6 +493,8 @@ def _pyramid_max_backward(dout, argmax, levels, dx):
     its gradient to its cell, in row-major order (the level's own sums);
     (4) ``total[m]`` = each cell's level sum; (5) each cell is set to
     ``before + total`` (outputs sharing a cell write the same value).
+    The argmax cells are indexed as ``np.uint64`` (in range, no wraparound
+    check: kernels/__init__).
     Parallel contract: prange over the N*C planes; iteration p writes only
     plane p of ``dx`` and row p of the scratch arrays.
     """
@@ -520,18 +522,18 @@ def _pyramid_max_backward(dout, argmax, levels, dx):
             base = first[e] + c * M
             if H % levels[e] == 0 and W % levels[e] == 0:   # bins tile: one output per cell
                 for m in range(M):
-                    xf[p, argmax[n, base + m]] += dout[n, base + m]
+                    xf[p, np.uint64(argmax[n, base + m])] += dout[n, base + m]
                 continue
             for m in range(M):
-                before[p, m] = xf[p, argmax[n, base + m]]
+                before[p, m] = xf[p, np.uint64(argmax[n, base + m])]
             for m in range(M):
-                xf[p, argmax[n, base + m]] = 0.0
+                xf[p, np.uint64(argmax[n, base + m])] = 0.0
             for m in range(M):
-                xf[p, argmax[n, base + m]] += dout[n, base + m]
+                xf[p, np.uint64(argmax[n, base + m])] += dout[n, base + m]
             for m in range(M):
-                total[p, m] = xf[p, argmax[n, base + m]]
+                total[p, m] = xf[p, np.uint64(argmax[n, base + m])]
             for m in range(M):
-                xf[p, argmax[n, base + m]] = before[p, m] + total[p, m]
+                xf[p, np.uint64(argmax[n, base + m])] = before[p, m] + total[p, m]
 
 
 adaptive_avg_forward = njit(parallel=True, cache=True)(_adaptive_avg_forward)

@@ -379,7 +379,7 @@ def _avgpool2d_3x3s2_backward(dout, ph, count_include_pad, divisor_override, dx)
             for m in range(no):              # one loop over the plane: the divisions vectorise
                 t[m] = dp[m] / Df[m]
             for m in range(no):
-                gc[gpos[m]] = t[m]
+                gc[np.uint64(gpos[m])] = t[m]     # uint64: no wraparound (kernels/__init__)
             for r in range(H):
                 lo, hi = lohi[r, 0], lohi[r, 1]
                 g0, g1 = G[c, lo:lo + Wg], G[c, hi:hi + Wg]

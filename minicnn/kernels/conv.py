@@ -18,6 +18,7 @@ With ``Wm = W.reshape(C_out, C*kH*kW)`` the forward pass is
 ``y = Wm @ cols (+ b)``; backward is ``dW = dY @ cols.T``,
 ``dcols = Wm.T @ dY`` and ``dx = col2im(dcols)``.
 """
+import numpy as np
 from numba import njit, prange
 
 
@@ -364,7 +365,7 @@ def _rows_from_maxpool2x2(dout, argmax, Ho, Wo, out):
             dst[k] = 0.0
         for i in range(H2):
             for j in range(W2):
-                dst[argmax[n, f, i, j]] += dout[n, f, i, j]
+                dst[np.uint64(argmax[n, f, i, j])] += dout[n, f, i, j]   # uint64: kernels/__init__
 
 
 im2col = njit(parallel=True, cache=True)(_im2col)

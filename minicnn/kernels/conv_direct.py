@@ -51,6 +51,7 @@ additions (``fastmath={"reassoc"}``, nothing else) so they vectorise.  The
 order is then the compiler's, fixed per build and independent of the
 thread count (each filter is summed by one thread), as a BLAS GEMM's is.
 """
+import numpy as np
 from numba import njit, prange
 
 
@@ -172,7 +173,7 @@ def _unpool_into(d, am, Wp, g):
         for j in range(W2):
             off = am[i, j] - (2 * i * Wo + 2 * j)            # 0, 1, Wo or Wo + 1
             q = 2 * i * Wp + 2 * j + off + (Wp - Wo) * (off >= Wo)
-            g[q] += d[i, j]
+            g[np.uint64(q)] += d[i, j]                        # uint64: kernels/__init__
 
 
 def _weight_grad(xp, dy, argmax, pool, xs, gy, dw, db):

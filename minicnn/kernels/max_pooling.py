@@ -444,7 +444,7 @@ def _maxunpool2d_backward(dout, indices, dx):
     for p in prange(P):
         d, o, ip = d_flat[p], dx_flat[p], idx_flat[p]
         for q in range(ip.shape[0]):
-            o[q] = d[ip[q]]
+            o[q] = d[np.uint64(ip[q])]           # in range: checked by the forward
 
 
 maxpool2d_forward = njit(parallel=True, cache=True)(_maxpool2d_forward)
