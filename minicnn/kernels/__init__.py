@@ -6,10 +6,12 @@ compiled by name: ``name = njit(parallel=True, cache=True)(_name)``.
 
 Indices read from arrays.  An int64 index may be negative as far as Numba
 knows, so each access ``a[k]`` gets a wraparound (``k < 0``: add the
-length), a compare and a select per element.  Where the index is known to
-be in range (an argmax, a table built by the kernel, indices the forward
-pass checked) the gathers and scatters index with ``np.uint64(k)``, which
-has no such check: the same cells, 5-13 % faster on the backward passes
-that do it (benchmarks/README.md).  Behind a test such as ``if k >= 0:``
-LLVM drops the check itself, and the cast gains nothing.
+length), a compare and a select per element; so does an index built from
+one, such as a loop from a bin's first cell.  Where the index is known to
+be in range (an argmax, a bin or table built by the kernel, indices the
+forward pass checked) the kernels index with ``np.uint64(k)``, which has
+no such check: the same cells, 5-19 % faster where adopted
+(benchmarks/README.md).  Behind a test such as ``if k >= 0:`` LLVM drops
+the check itself, and the cast gains nothing.  (Only the index is cast:
+Numba types uint64 mixed with int64 arithmetic as float64.)
 """

@@ -172,15 +172,15 @@ def _adaptive_avg_forward(x, out):
         for i in range(oH):
             h0, h1 = hs[i], he[i]
             for w in range(W):
-                colsum[p, w] = xp[p, h0, w]
+                colsum[p, w] = xp[p, np.uint64(h0), w]      # uint64 bounds: kernels/__init__
             for h in range(h0 + 1, h1):
                 for w in range(W):
-                    colsum[p, w] += xp[p, h, w]
+                    colsum[p, w] += xp[p, np.uint64(h), w]
             for j in range(oW):
                 w0, w1 = ws[j], we[j]
-                s = colsum[p, w0]
+                s = colsum[p, np.uint64(w0)]
                 for w in range(w0 + 1, w1):
-                    s += colsum[p, w]
+                    s += colsum[p, np.uint64(w)]
                 sums[p, i * oW + j] = s
         for m in range(oH * oW):
             of[p, m] = sums[p, m] / area[m]
@@ -240,10 +240,10 @@ def _adaptive_avg_backward(dout, dx):
                     w0, w1 = ws[j], we[j]
                     g = np.float64(dp[p, i, j]) / ((h1 - h0) * (w1 - w0))
                     for w in range(w0, w1):
-                        grow[p, w] = 0.0 + g          # rounded to dx's dtype once
+                        grow[p, np.uint64(w)] = 0.0 + g   # rounded to dx's dtype once; uint64: kernels/__init__
                 for h in range(h0, h1):
                     for w in range(W):
-                        xp[p, h, w] = grow[p, w]
+                        xp[p, np.uint64(h), w] = grow[p, w]
         return
     band_lo = np.empty(H, np.int64)           # row h lies in the row bins band_lo[h] .. band_hi[h] - 1
     band_hi = np.empty(H, np.int64)
