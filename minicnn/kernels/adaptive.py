@@ -208,12 +208,14 @@ def _adaptive_avg_backward(dout, dx):
     shares added along it) only where ``I(h)`` differs from the row above,
     and copied from the row above elsewhere (14 rows into 4 bins: 6 rows
     built, 8 copied, against zeroing the plane and adding 16 bins of 16
-    cells each: 64x64x14x14 -> 4x4 float32, 620-629 -> 552-557 µs).
+    cells each: 64x64x14x14 -> 4x4 float32, 620-629 -> 552-557 µs).  The
+    bins' shares ``g`` are divided first, in one loop over each output
+    plane (the same float64 quotients; 14x14 -> 4x4: 563 -> 500 µs).
     Each path has its own prange loop: one loop holding both branches made
     the tiled one 7 % slower.
     Parallel contract: prange over the N*C planes; iteration p writes only
-    plane p of ``dx`` and row p of the scratch ``grow``, so overlapping
-    bins cannot race.
+    plane p of ``dx`` and row p of the scratch ``grow`` or ``share``, so
+    overlapping bins cannot race.
     """
     N, C, H, W = dx.shape
     oH = dout.shape[2]
@@ -254,7 +256,16 @@ def _adaptive_avg_backward(dout, dx):
         for h in range(hs[i], he[i]):
             band_lo[h] = min(band_lo[h], i)
             band_hi[h] = max(band_hi[h], i + 1)
+    area = np.empty(oH * oW)
+    for i in range(oH):
+        for j in range(oW):
+            area[i * oW + j] = (he[i] - hs[i]) * (we[j] - ws[j])
+    share = np.empty((P, oH, oW))             # each bin's g, divided in one loop per plane
+    sf = share.reshape((P, oH * oW))
+    df = dout.reshape((P, oH * oW))
     for p in prange(P):
+        for m in range(oH * oW):
+            sf[p, m] = np.float64(df[p, m]) / area[m]
         for h in range(H):
             row = xp[p, h]
             if h > 0 and band_lo[h] == band_lo[h - 1] and band_hi[h] == band_hi[h - 1]:
@@ -265,10 +276,10 @@ def _adaptive_avg_backward(dout, dx):
             for w in range(W):
                 row[w] = 0.0
             for i in range(band_lo[h], band_hi[h]):
+                gi = share[p, np.uint64(i)]
                 for j in range(oW):
-                    w0, w1 = ws[j], we[j]
-                    g = np.float64(dp[p, i, j]) / ((he[i] - hs[i]) * (w1 - w0))
-                    for w in range(w0, w1):
+                    g = gi[j]
+                    for w in range(ws[j], we[j]):
                         row[w] += g
 
 
