@@ -29,6 +29,8 @@ compiler vectorises.
 import numpy as np
 from numba import njit, prange
 
+from minicnn.kernels.window import PLANE_RUNS, _plane_run
+
 
 @njit(cache=True)
 def _bins(length, bins):
@@ -283,6 +285,29 @@ def _adaptive_avg_backward(dout, dx):
                         row[w] += g
 
 
+@njit(cache=True, inline='always')
+def _column_winners(src, s, W, hs, he, colmax, colarg, p):
+    """Pass 1 of :func:`_adaptive_max_forward` for one plane: ``src[s]``
+    (H, Wr) is the plane (``Wr = W``, or more: rows padded past column W),
+    and for each row bin i, ``colmax[p, i, w]`` / ``colarg[p, i, w]``
+    become the winner of column w over the bin's rows and its flat index
+    ``h * W + w`` (first maximum, or last NaN), for w < Wr.  Indexed as 3-D
+    arrays: through 2-D views of them the compiler no longer vectorised
+    the row loop (2x slower)."""
+    Wr = src.shape[2]
+    for i in range(hs.shape[0]):
+        h0, h1 = hs[i], he[i]
+        for w in range(Wr):
+            colmax[p, i, w] = src[s, h0, w]
+            colarg[p, i, w] = h0 * W + w
+        for h in range(h0 + 1, h1):
+            for w in range(Wr):
+                v = src[s, h, w]
+                take = (v > colmax[p, i, w]) | (v != v)   # no short-circuit: vectorises
+                colmax[p, i, w] = v if take else colmax[p, i, w]
+                colarg[p, i, w] = h * W + w if take else colarg[p, i, w]
+
+
 def _adaptive_max_forward(x, out, argmax):
     """Adaptive max pooling, ``x`` (N, C, H, W) -> ``out``, ``argmax``
     (N, C, oH, oW), both overwritten.
@@ -310,8 +335,16 @@ def _adaptive_max_forward(x, out, argmax):
     order).  Branch-free selects throughout: a scan with ``if`` spends
     most of its time on mispredicted branches.  (The passes are separate
     loops because, fused, the compiler stopped vectorising pass 1.)
-    Parallel contract (both passes): prange over the N*C planes; iteration
-    p writes only plane p of ``out``, ``argmax``, ``colmax`` and ``colarg``.
+    Pass 1's row loop is vectorised 4 cells wide here, and a row's last
+    ``W % 4`` cells run in scalar code that branches on the data.  So when
+    4 does not divide W, pass 1 reads a copy of each plane whose rows are
+    padded with zeros to a multiple of 8 cells (the pad columns' winners
+    are never read): 64x64x14x14 -> 4x4, 2 threads, 845-852 -> about
+    650-670 µs (benchmarks/README.md).
+    Parallel contract (both passes): prange over the N*C planes (pass 1 on
+    padded copies: over runs of consecutive planes, iteration c using row
+    c of the scratch ``xs``); iteration p writes only plane p of ``out``,
+    ``argmax``, ``colmax`` and ``colarg``.
 
     Output size 1x1 in float32 (global max pooling): whole planes, each by
     :func:`_global_max_plane` on the plane and its bits (an int32 view):
@@ -346,20 +379,22 @@ def _adaptive_max_forward(x, out, argmax):
     ap = argmax.reshape((P, oH, oW))
     hs, he = _bins(H, oH)
     ws, we = _bins(W, oW)
-    colmax = np.empty((P, oH, W), x.dtype)
-    colarg = np.empty((P, oH, W), np.int64)
-    for p in prange(P):                           # pass 1: column winners
-        for i in range(oH):
-            h0, h1 = hs[i], he[i]
-            for w in range(W):
-                colmax[p, i, w] = xp[p, h0, w]
-                colarg[p, i, w] = h0 * W + w
-            for h in range(h0 + 1, h1):
-                for w in range(W):
-                    v = xp[p, h, w]
-                    take = (v > colmax[p, i, w]) | (v != v)  # no short-circuit: vectorises
-                    colmax[p, i, w] = v if take else colmax[p, i, w]
-                    colarg[p, i, w] = h * W + w if take else colarg[p, i, w]
+    Wp = W if W % 4 == 0 else (W + 7) // 8 * 8   # row width of pass 1 (docstring)
+    colmax = np.empty((P, oH, Wp), x.dtype)
+    colarg = np.empty((P, oH, Wp), np.int64)
+    if Wp == W:                                   # pass 1: column winners
+        for p in prange(P):
+            _column_winners(xp, p, W, hs, he, colmax, colarg, p)
+    else:                                         # the same on padded copies of the planes
+        n_runs = min(P, PLANE_RUNS)
+        xs = np.zeros((n_runs, H, Wp), x.dtype)
+        for c in prange(n_runs):
+            p_lo, p_hi = _plane_run(c, n_runs, P)
+            for p in range(p_lo, p_hi):
+                for h in range(H):
+                    for w in range(W):
+                        xs[c, h, w] = xp[p, h, w]
+                _column_winners(xs, c, W, hs, he, colmax, colarg, p)
     for p in prange(P):                           # pass 2: combine each bin's columns
         for i in range(oH):
             for j in range(oW):
