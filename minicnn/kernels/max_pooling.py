@@ -247,9 +247,9 @@ def _maxpool_3x3s2_block(xb, B, H, W, ph, e, o, hm, hk, vv, vi, out_v, out_i):
             t = (b * H_out + oh) * Wh
             if 1 <= c <= H - 2:
                 q = (b * H + c) * Wh
-                for j in range(Wh):
-                    out_v[t + j] = vv[q + j]
-                    out_i[t + j] = vi[q + j] - base
+                for j in range(Wh):                 # uint64: no wraparound (kernels/__init__)
+                    out_v[np.uint64(t + j)] = vv[np.uint64(q + j)]
+                    out_i[np.uint64(t + j)] = vi[np.uint64(q + j)] - base
             else:                               # padding above (c = 0) or below (c = H-1)
                 r0 = (b * H + max(c - 1, 0)) * Wh   # the clamped window's rows are r0, r2 and
                 r2 = (b * H + min(c + 1, H - 1)) * Wh   # one of them again: first max of two
