@@ -398,23 +398,25 @@ def _adaptive_max_forward(x, out, argmax):
     for p in prange(P):                           # pass 2: combine each bin's columns
         for i in range(oH):
             for j in range(oW):
-                cm = colmax[p, i, ws[j]:we[j]]
-                ca = colarg[p, i, ws[j]:we[j]]
-                best = cm[0]
+                w0 = np.uint64(ws[j])                     # uint64: kernels/__init__
+                w1 = np.uint64(we[j])
+                best = colmax[p, i, w0]
                 nan = best != best
-                for t in range(1, cm.shape[0]):
-                    best = cm[t] if cm[t] > best else best
-                    nan |= cm[t] != cm[t]
+                for w in range(w0 + np.uint64(1), w1):
+                    v = colmax[p, i, w]
+                    best = v if v > best else best
+                    nan |= v != v
                 k = H * W
-                for t in range(cm.shape[0]):
-                    k = ca[t] if (cm[t] == best) & (ca[t] < k) else k
-                best = xflat[p, k] if best == 0.0 else best     # -0.0 or 0.0: the first one's
+                for w in range(w0, w1):
+                    a = colarg[p, i, w]
+                    k = a if (colmax[p, i, w] == best) & (a < k) else k
+                best = xflat[p, np.uint64(k)] if best == 0.0 else best   # -0.0 or 0.0: the first one's
                 if nan:                                   # rare: the last NaN wins
                     k = -1
-                    for t in range(cm.shape[0]):
-                        if cm[t] != cm[t] and ca[t] > k:
-                            best = cm[t]
-                            k = ca[t]
+                    for w in range(w0, w1):
+                        if colmax[p, i, w] != colmax[p, i, w] and colarg[p, i, w] > k:
+                            best = colmax[p, i, w]
+                            k = colarg[p, i, w]
                 op[p, i, j] = best
                 ap[p, i, j] = k
 
