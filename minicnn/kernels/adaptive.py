@@ -293,7 +293,7 @@ def _column_winners(src, s, W, hs, he, colmax, colarg, p):
     become the winner of column w over the bin's rows and its flat index
     ``h * W + w`` (first maximum, or last NaN), for w < Wr.  Indexed as 3-D
     arrays: through 2-D views of them the compiler no longer vectorised
-    the row loop (2x slower)."""
+    the row loop (64x64x14x14 -> 4x4: 851 -> 1180 µs)."""
     Wr = src.shape[2]
     for i in range(hs.shape[0]):
         h0, h1 = hs[i], he[i]
