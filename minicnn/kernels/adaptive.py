@@ -46,6 +46,20 @@ def _bins(length, bins):
     return start, end
 
 
+
+@njit(cache=True)
+def _bin_areas(hs, he, ws, we):
+    """``area[i * oW + j]`` = the cell count of bin (i, j), as float64, for
+    the row bins ``[hs[i], he[i])`` and column bins ``[ws[j], we[j])``
+    (:func:`_bins`): the adaptive average divisors, flat in output order."""
+    oH = hs.shape[0]
+    oW = ws.shape[0]
+    area = np.empty(oH * oW)
+    for i in range(oH):
+        for j in range(oW):
+            area[i * oW + j] = (he[i] - hs[i]) * (we[j] - ws[j])
+    return area
+
 @njit(cache=True, fastmath={"reassoc"})
 def _sum_any_order(a):
     """``sum(a)`` of a 1-D contiguous array, accumulated in float64, in an
@@ -165,10 +179,7 @@ def _adaptive_avg_forward(x, out):
     sums = np.empty((P, oH * oW))             # the bins' sums, then divided in one loop
     hs, he = _bins(H, oH)
     ws, we = _bins(W, oW)
-    area = np.empty(oH * oW)
-    for i in range(oH):
-        for j in range(oW):
-            area[i * oW + j] = (he[i] - hs[i]) * (we[j] - ws[j])
+    area = _bin_areas(hs, he, ws, we)
     of = out.reshape((P, oH * oW))
     for p in prange(P):
         for i in range(oH):
@@ -258,10 +269,7 @@ def _adaptive_avg_backward(dout, dx):
         for h in range(hs[i], he[i]):
             band_lo[h] = min(band_lo[h], i)
             band_hi[h] = max(band_hi[h], i + 1)
-    area = np.empty(oH * oW)
-    for i in range(oH):
-        for j in range(oW):
-            area[i * oW + j] = (he[i] - hs[i]) * (we[j] - ws[j])
+    area = _bin_areas(hs, he, ws, we)
     share = np.empty((P, oH, oW))             # each bin's g, divided in one loop per plane
     sf = share.reshape((P, oH * oW))
     df = dout.reshape((P, oH * oW))
