@@ -191,7 +191,8 @@ SERIAL = {name: njit(parallel=False)(getattr(K, "_" + name)) for name in (
     "adaptive_avg_forward", "adaptive_avg_backward", "adaptive_max_forward", "argmax_backward")}
 
 
-@pytest.mark.parametrize("shape,out", [((3, 5, 17, 11), (5, 4)), ((2, 3, 6, 9), (13, 2))])
+@pytest.mark.parametrize("shape,out", [((3, 5, 17, 11), (5, 4)), ((2, 3, 6, 9), (13, 2)),
+                                       ((5, 30, 14, 14), (4, 4)), ((2, 9, 7, 30), (3, 4))])
 def test_parallel_equals_serial_float32(shape, out):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -442,12 +443,17 @@ def _avg_backward_by_the_rule(dout, shape):
 
 
 @pytest.mark.parametrize("shape,out", [((2, 3, 12, 8), (4, 2)), ((2, 3, 10, 7), (3, 4)),
-                                       ((1, 2, 5, 9), (7, 11)), ((2, 2, 14, 14), (4, 4))])
+                                       ((1, 2, 5, 9), (7, 11)), ((2, 2, 14, 14), (4, 4)),
+                                       ((3, 23, 14, 14), (4, 4)), ((1, 2, 5, 23), (2, 3)),
+                                       ((1, 2, 5, 24), (2, 5)), ((2, 3, 30, 26), (4, 3))])
 def test_avg_backward_tiled_and_overlapping_bit_exact(shape, out):
-    """Both backward paths (bins tiling the plane / row templates for
-    overlapping bins) give exactly ``dx = sum over bins, in row-major
-    order, of dout/|bin|`` rounded after each addition, as the
-    straightforward loop does."""
+    """Every backward path (bins tiling the plane; overlapping bins on rows
+    shorter than ``SHORT_ROW``, across blocks of planes with a partial last
+    block (3*23 = 2*32 + 5 planes), and on longer rows, plane by plane)
+    gives exactly ``dx = sum over bins, in row-major order, of dout/|bin|``
+    rounded after each addition, as the straightforward loop does."""
+    from minicnn.kernels.adaptive import PLANE_BLOCK, SHORT_ROW
+    assert (PLANE_BLOCK, SHORT_ROW) == (32, 24)          # the cases above straddle both
     rng = np.random.default_rng(8)
     for dtype in (np.float32, np.float64):
         dout = rng.standard_normal(shape[:2] + out).astype(dtype)

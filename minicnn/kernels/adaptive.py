@@ -199,6 +199,37 @@ def _adaptive_avg_forward(x, out):
             of[p, m] = sums[p, m] / area[m]
 
 
+@njit(cache=True)
+def _row_bands(hs, he, H):
+    """The rows' bands: rows ``h`` in the same row bins ``i`` (``hs[i] <= h
+    < he[i]``) form a band, and the bins of a row are consecutive.  Returns
+    ``band, lo, hi``: row ``h`` is in band ``band[h]``, whose row bins are
+    ``lo[t] .. hi[t] - 1``; bands are numbered top to bottom (14 rows into
+    4 bins: 6 bands, rows 3 and 10 in two bins each)."""
+    first = np.full(H, hs.shape[0], np.int64)
+    last = np.zeros(H, np.int64)
+    for i in range(hs.shape[0]):
+        for h in range(hs[i], he[i]):
+            first[h] = min(first[h], i)
+            last[h] = max(last[h], i + 1)
+    band = np.empty(H, np.int64)
+    n = 0
+    for h in range(H):
+        if h == 0 or first[h] != first[h - 1] or last[h] != last[h - 1]:
+            n += 1
+        band[h] = n - 1
+    lo = np.empty(n, np.int64)
+    hi = np.empty(n, np.int64)
+    for h in range(H):
+        lo[band[h]] = first[h]
+        hi[band[h]] = last[h]
+    return band, lo, hi
+
+
+PLANE_BLOCK = 32    # planes per iteration of the short-row backward
+SHORT_ROW = 24      # rows of fewer cells take the backward across planes
+
+
 def _adaptive_avg_backward(dout, dx):
     """Backward of adaptive average pooling, ``dout`` (N, C, oH, oW) ->
     ``dx`` (N, C, H, W).
@@ -210,24 +241,42 @@ def _adaptive_avg_backward(dout, dx):
 
     with ``g = dout / |bin|`` in float64 and each ``+=`` rounded to dx's
     dtype, bins taken in row-major order.  ``dx`` is overwritten.
-    Three paths, all equal to that rule bit for bit.  Output size 1x1: each
-    plane is filled with ``0.0 + g``.  Bins tiling the plane (``oH``
-    divides H and ``oW`` divides W): every cell is in one bin and gets
-    ``0.0 + g``; the row of those values is built once per row bin and
-    copied to each of its rows.  Otherwise, row templates: in row-major
-    order a cell (h, w) receives the bins ``i`` of its row band ``I(h)``,
-    each with the bins ``j`` of its column band, i before j, so its value
-    depends on ``I(h)`` alone.  A row is built (zeroed, then those bins'
-    shares added along it) only where ``I(h)`` differs from the row above,
-    and copied from the row above elsewhere (14 rows into 4 bins: 6 rows
-    built, 8 copied, against zeroing the plane and adding 16 bins of 16
-    cells each: 64x64x14x14 -> 4x4 float32, 620-629 -> 552-557 µs).  The
-    bins' shares ``g`` are divided first, in one loop over each output
-    plane (the same float64 quotients; 14x14 -> 4x4: 563 -> 500 µs).
-    Each path has its own prange loop: one loop holding both branches made
-    the tiled one 7 % slower.
-    Parallel contract: prange over the N*C planes; iteration p writes only
-    plane p of ``dx`` and row p of the scratch ``grow`` or ``share``, so
+    Four paths, all equal to that rule bit for bit.
+
+    * Output size 1x1: each plane is filled with ``0.0 + g``.
+    * Bins tiling the plane (``oH`` divides H and ``oW`` divides W): every
+      cell is in one bin and gets ``0.0 + g``; the row of those values is
+      built once per row bin and copied to each of its rows.
+    * Otherwise the bins overlap, and row templates serve: in row-major
+      order a cell (h, w) receives the bins ``i`` of its row's band
+      (:func:`_row_bands`), each with the bins ``j`` of its column, i
+      before j, so its value depends on the band alone.
+
+      - Rows of :data:`SHORT_ROW` cells or more, plane by plane: a row is
+        built (zeroed, then its bins' shares added along it) where its band
+        begins, and copied from the row above elsewhere.  The shares ``g``
+        are divided first, in one loop over each output plane.
+      - Shorter rows, across planes: on rows of 14 cells the loops along
+        a row are too short for the compiler's vector code.  Planes go in
+        blocks of :data:`PLANE_BLOCK`.  For a block, the shares are divided
+        into ``share[m, b]`` (bin m, plane b of the block), then each band's
+        template ``T[t, w, b]`` is built bin by bin in row-major order (a
+        cell's first bin stores ``0.0 + g``, the later ones add), every
+        step a loop over the block's planes that the compiler vectorises.
+        Last, each plane's cells are copied from its templates through one
+        table ``src[q]`` (cell ``q = h * W + w`` -> its template entry).
+
+      Against the plane-by-plane path (float32, 2 threads): 64x64x14x14 ->
+      4x4 491 -> 275 µs, 64x64x10x10 -> 3x3 315 -> 158, 64x32x20x20 -> 3x3
+      296 -> 209; but 32x32x32x32 -> 3x3 194 -> 248 and 8x64x56x56 -> 3x3
+      206 -> 379, where rows are long enough to vectorise and the
+      template copy, one cell at a time, costs more.  (float64: 14x14
+      463 -> 315, 20x20 267 -> 249, 28x28 367 -> 484.)  Hence the
+      threshold of 24 cells.
+
+    Parallel contract: prange over the N*C planes, or over blocks of them
+    (short rows); an iteration writes only its planes of ``dx`` and its own
+    row or block of the scratch ``grow``, ``share`` and ``T``, so
     overlapping bins cannot race.
     """
     N, C, H, W = dx.shape
@@ -260,37 +309,75 @@ def _adaptive_avg_backward(dout, dx):
                     for w in range(W):
                         xp[p, np.uint64(h), w] = grow[p, w]
         return
-    band_lo = np.empty(H, np.int64)           # row h lies in the row bins band_lo[h] .. band_hi[h] - 1
-    band_hi = np.empty(H, np.int64)
-    for h in range(H):
-        band_lo[h] = oH
-        band_hi[h] = 0
-    for i in range(oH):
-        for h in range(hs[i], he[i]):
-            band_lo[h] = min(band_lo[h], i)
-            band_hi[h] = max(band_hi[h], i + 1)
+    band, lo, hi = _row_bands(hs, he, H)
     area = _bin_areas(hs, he, ws, we)
-    share = np.empty((P, oH, oW))             # each bin's g, divided in one loop per plane
-    sf = share.reshape((P, oH * oW))
-    df = dout.reshape((P, oH * oW))
-    for p in prange(P):
-        for m in range(oH * oW):
-            sf[p, m] = np.float64(df[p, m]) / area[m]
-        for h in range(H):
-            row = xp[p, h]
-            if h > 0 and band_lo[h] == band_lo[h - 1] and band_hi[h] == band_hi[h - 1]:
-                above = xp[p, h - 1]
+    if W >= SHORT_ROW:                      # long rows: build each plane's rows along W
+        share = np.empty((P, oH, oW))
+        sf = share.reshape((P, oH * oW))
+        df = dout.reshape((P, oH * oW))
+        for p in prange(P):
+            for m in range(oH * oW):
+                sf[p, m] = np.float64(df[p, m]) / area[m]
+            for h in range(H):
+                row = xp[p, h]
+                if h > 0 and band[h] == band[h - 1]:
+                    above = xp[p, h - 1]
+                    for w in range(W):
+                        row[w] = above[w]
+                    continue
                 for w in range(W):
-                    row[w] = above[w]
-                continue
-            for w in range(W):
-                row[w] = 0.0
-            for i in range(band_lo[h], band_hi[h]):
-                gi = share[p, np.uint64(i)]
+                    row[w] = 0.0
+                for i in range(lo[band[h]], hi[band[h]]):
+                    gi = share[p, np.uint64(i)]
+                    for j in range(oW):
+                        g = gi[j]
+                        for w in range(ws[j], we[j]):
+                            row[w] += g
+        return
+    nbands = lo.shape[0]
+    B = PLANE_BLOCK
+    src = np.empty(H * W, np.int64)           # cell q of a plane <- T[band, w, plane] (flat, plane 0)
+    for h in range(H):
+        for w in range(W):
+            src[h * W + w] = (band[h] * W + w) * B
+    nblocks = (P + B - 1) // B
+    share = np.empty((nblocks, oH * oW, B))
+    T = np.empty((nblocks, nbands, W, B), dx.dtype)
+    df = dout.reshape((P, oH * oW))
+    xf = dx.reshape((P, H * W))
+    for k in prange(nblocks):
+        p0 = k * B
+        nb = min(B, P - p0)
+        s = share[k]
+        for m in range(oH * oW):
+            for b in range(nb):
+                s[m, b] = np.float64(df[p0 + b, m]) / area[m]
+        for t in range(nbands):
+            Tt = T[k, t]
+            i = lo[t]                                   # the band's first row bin: first touches
+            for j in range(oW):
+                sm = s[np.uint64(i * oW + j)]
+                seen = we[j - 1] if j > 0 else 0        # columns below this were in bin j - 1 too
+                for w in range(ws[j], min(seen, we[j])):
+                    tw = Tt[np.uint64(w)]
+                    for b in range(nb):
+                        tw[b] += sm[b]
+                for w in range(max(ws[j], seen), we[j]):
+                    tw = Tt[np.uint64(w)]
+                    for b in range(nb):
+                        tw[b] = 0.0 + sm[b]             # rounded to dx's dtype
+            for i in range(lo[t] + 1, hi[t]):
                 for j in range(oW):
-                    g = gi[j]
+                    sm = s[np.uint64(i * oW + j)]
                     for w in range(ws[j], we[j]):
-                        row[w] += g
+                        tw = Tt[np.uint64(w)]
+                        for b in range(nb):
+                            tw[b] += sm[b]
+        Tf = T[k].reshape(nbands * W * B)
+        for b in range(nb):
+            o = xf[p0 + b]
+            for q in range(H * W):
+                o[q] = Tf[np.uint64(src[q] + b)]
 
 
 @njit(cache=True, inline='always')
