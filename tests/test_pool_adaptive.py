@@ -511,6 +511,22 @@ def test_avg_forward_bit_exact_any_bins(H, W, oh, ow, dtype, seed):
     np.testing.assert_array_equal(y.view(np.uint8), _avg_forward_by_the_rule(x, oh, ow).view(np.uint8))
 
 
+@pytest.mark.parametrize("n", range(1, 12))
+def test_avg_forward_bit_exact_every_bin_length(n):
+    """Bins of every length 1..11 along each axis (one bin of all the rows
+    and two of the columns, and the transpose): the sums go four rows or
+    four columns per step plus a remainder, and each step length must keep
+    the documented order."""
+    rng = np.random.default_rng(n)
+    for dtype in (np.float32, np.float64):
+        for shape, out in [((2, 3, n, 9), (1, 2)), ((2, 3, 9, n), (2, 1))]:
+            x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 4, shape)).astype(dtype)
+            y = np.full(shape[:2] + out, np.nan, dtype)
+            K.adaptive_avg_forward(x, y)
+            expect = _avg_forward_by_the_rule(x, *out)
+            np.testing.assert_array_equal(y.view(np.uint8), expect.view(np.uint8))
+
+
 @pytest.mark.parametrize("hw", [(8, 8), (14, 14), (9, 7), (13, 10)])
 @pytest.mark.parametrize("levels", [(1, 2, 4), (4, 2, 1), (3, 1), (1, 3, 4), (1,)])
 @pytest.mark.parametrize("kind", ["normal", "ties", "nan"])
