@@ -442,19 +442,42 @@ def _column_winners(src, s, W, hs, he, colmax, colarg, p):
     become the winner of column w over the bin's rows and its flat index
     ``h * W + w`` (first maximum, or last NaN), for w < Wr.  Indexed as 3-D
     arrays: through 2-D views of them the compiler no longer vectorised
-    the row loop (64x64x14x14 -> 4x4: 851 -> 1180 µs)."""
+    the row loop (64x64x14x14 -> 4x4: 851 -> 1180 µs).  Three rows per
+    loop along the row, keeping the winners in registers between them:
+    588 -> 542 µs against one row per loop (the whole forward,
+    64x64x14x14 -> 4x4, float32; 28x28: 469 -> 423)."""
     Wr = src.shape[2]
+    u = np.uint64                                  # uint64 rows: kernels/__init__
     for i in range(hs.shape[0]):
         h0, h1 = hs[i], he[i]
         for w in range(Wr):
             colmax[p, i, w] = src[s, h0, w]
             colarg[p, i, w] = h0 * W + w
-        for h in range(h0 + 1, h1):
+        h = h0 + 1
+        while h1 - h >= 3:                         # three rows per loop, stored once
             for w in range(Wr):
-                v = src[s, h, w]
-                take = (v > colmax[p, i, w]) | (v != v)   # no short-circuit: vectorises
+                m = colmax[p, i, w]
+                a = colarg[p, i, w]
+                v = src[s, u(h), w]
+                take = (v > m) | (v != v)          # no short-circuit: vectorises
+                m = v if take else m
+                a = h * W + w if take else a
+                v = src[s, u(h + 1), w]
+                take = (v > m) | (v != v)
+                m = v if take else m
+                a = (h + 1) * W + w if take else a
+                v = src[s, u(h + 2), w]
+                take = (v > m) | (v != v)
+                colmax[p, i, w] = v if take else m
+                colarg[p, i, w] = (h + 2) * W + w if take else a
+            h += 3
+        while h < h1:
+            for w in range(Wr):
+                v = src[s, u(h), w]
+                take = (v > colmax[p, i, w]) | (v != v)
                 colmax[p, i, w] = v if take else colmax[p, i, w]
                 colarg[p, i, w] = h * W + w if take else colarg[p, i, w]
+            h += 1
 
 
 def _adaptive_max_forward(x, out, argmax):
