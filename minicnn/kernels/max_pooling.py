@@ -178,17 +178,18 @@ def _first_max3(a, b, c, ia, ib, ic):
 
 
 @njit(cache=True)
-def _maxpool_3x3s2_block(xb, B, H, W, ph, e, o, hm, hk, vv, vi, out_v, out_i):
+def _maxpool_3x3s2_block(xb, B, H, W, ph, e, o, hm, hk, vv, vi, out_v, out_i, src, base):
     """``B`` consecutive planes of :func:`_maxpool2d_3x3s2_forward`; False
     (nothing written) if any of them holds a NaN.
 
     ``xb`` (B*H*W,) the planes, flat; scratch ``e, o, hm, vv`` of the
     planes' dtype and ``hk, vi`` int32 (the width of float32 lanes: with
     int64 indices the selects ran 10-15% slower), each at least B*H*W/2
-    long; ``out_v, out_i`` (B*H_out*W/2,) the output planes, flat.  The
-    block is handled as one tall plane of ``B*H`` rows, so that on small
-    planes (14x14) every loop runs over many planes at once (25% faster
-    than plane by plane; no change on 24x24 or 28x28).  With ``Wh = W/2``
+    long; ``out_v, out_i`` (B*H_out*W/2,) the output planes, flat;
+    ``src, base`` the tables of step 4.  The block is handled as one tall
+    plane of ``B*H`` rows, so that on small planes (14x14) every loop runs
+    over many planes at once (25% faster than plane by plane; no change on
+    24x24 or 28x28).  With ``Wh = W/2``
     and ``m = r*Wh + j`` (row r of the tall plane, output column j), every
     pass is one long loop over ``m`` that the compiler vectorises:
 
@@ -205,13 +206,20 @@ def _maxpool_3x3s2_block(xb, B, H, W, ph, e, o, hm, hk, vv, vi, out_v, out_i):
        mix two planes and are never used: work thrown away, but the loop
        is one long vectorised run);
     4. output row ``oh`` of plane b is that plane's centre row ``c = 2*oh -
-       ph + 1``, copied from ``vv, vi`` if ``1 <= c <= H-2``; a centre row
-       on the plane's edge (padding above or below) takes the plane's rows
-       inside, repeated (the clamp of :func:`_maxpool2d_3x3_forward`): rows
-       0, 0, 1 or H-2, H-1, H-1, whose first maximum is that of the two
-       distinct rows (a two-way select: 8 % faster on 64x64x14x14 than the
-       three-way one with clamped indices, 5 % on 28x28).
-       Indices are made in-plane by subtracting ``b*H*W``.
+       ph + 1`` of ``vv, vi``.  A centre row on the plane's edge (padding
+       above or below) takes the plane's rows inside, repeated (the clamp
+       of :func:`_maxpool2d_3x3_forward`): rows 0, 0, 1 or H-2, H-1, H-1,
+       whose first maximum is that of the two distinct rows (a two-way
+       select: 8 % faster on 64x64x14x14 than the three-way one with
+       clamped indices, 5 % on 28x28), written into ``vv, vi`` at that
+       centre row first (whose pass-3 value mixed two planes).  Then every
+       output cell ``t`` of the block is ``vv[src[t]]`` with index
+       ``vi[src[t]] - base[t]`` (``base``: its plane's first cell in the
+       block), in one loop over the block's outputs, against copying each
+       output row (7-14 cells) on its own: 64x64x14x14 423 -> 374 µs,
+       128x16x24x24 496 -> 464, 64x32x28x28 655 -> 632 (2 threads).
+       ``src`` and ``base`` are built once per call for a whole block of
+       B planes (a shorter last block uses their beginning).
 
     Rows first, then columns, gives the row-major first maximum: the first
     row holding the window's maximum, and in it the first column.
@@ -240,23 +248,20 @@ def _maxpool_3x3s2_block(xb, B, H, W, ph, e, o, hm, hk, vv, vi, out_v, out_i):
     for j in range(n - 2 * Wh):
         vvm[j], vim[j] = _first_max3(up[j], mid[j], dn[j], kup[j], kmid[j], kdn[j])
     H_out = out_v.shape[0] // (B * Wh)
-    for b in range(B):
-        base = b * H * W                        # plane b's first cell in the block
-        for oh in range(H_out):
-            c = 2 * oh - ph + 1
-            t = (b * H_out + oh) * Wh
-            if 1 <= c <= H - 2:
+    for b in range(B):                          # centre rows on a plane's edge: into vv, vi
+        for c in (1 - ph, 2 * (H_out - 1) - ph + 1):
+            if c == 0 or c == H - 1:
+                r0 = (b * H + max(c - 1, 0)) * Wh
+                r2 = (b * H + min(c + 1, H - 1)) * Wh
                 q = (b * H + c) * Wh
-                for j in range(Wh):                 # uint64: no wraparound (kernels/__init__)
-                    out_v[np.uint64(t + j)] = vv[np.uint64(q + j)]
-                    out_i[np.uint64(t + j)] = vi[np.uint64(q + j)] - base
-            else:                               # padding above (c = 0) or below (c = H-1)
-                r0 = (b * H + max(c - 1, 0)) * Wh   # the clamped window's rows are r0, r2 and
-                r2 = (b * H + min(c + 1, H - 1)) * Wh   # one of them again: first max of two
                 for j in range(Wh):
                     gt = hm[r2 + j] > hm[r0 + j]
-                    out_v[t + j] = hm[r2 + j] if gt else hm[r0 + j]
-                    out_i[t + j] = (hk[r2 + j] if gt else hk[r0 + j]) - base
+                    vv[q + j] = hm[r2 + j] if gt else hm[r0 + j]
+                    vi[q + j] = hk[r2 + j] if gt else hk[r0 + j]
+    for t in range(B * H_out * Wh):             # every output cell from its centre row
+        q = np.uint64(src[t])
+        out_v[t] = vv[q]
+        out_i[t] = vi[q] - base[t]
     return True
 
 
@@ -296,13 +301,22 @@ def _maxpool2d_3x3s2_forward(x, ph, out, argmax):
     vi = np.empty((n_chunks, n), np.int32)
     i0s, i1s = _tap_ranges(H_out, 3, 2, ph, 1, H)
     j0s, j1s = _tap_ranges(W_out, 3, 2, 1, 1, W)
+    Wh = W // 2
+    src = np.empty(B * L_out, np.int64)      # output cell t of a block <- vv[src[t]]
+    base = np.empty(B * L_out, np.int64)     # block index of its plane's first cell
+    for b in range(B):
+        for oh in range(H_out):
+            for j in range(Wh):
+                t = (b * H_out + oh) * Wh + j
+                src[t] = (b * H + 2 * oh - ph + 1) * Wh + j
+                base[t] = b * L
     for c in prange(n_chunks):
         p_lo, p_hi = _plane_run(c, n_chunks, P)
         for p0 in range(p_lo, p_hi, B):
             nb = min(B, p_hi - p0)
             if not _maxpool_3x3s2_block(xf[p0 * L:(p0 + nb) * L], nb, H, W, ph, e[c], o[c], hm[c],
                                         hk[c], vv[c], vi[c], of[p0 * L_out:(p0 + nb) * L_out],
-                                        af[p0 * L_out:(p0 + nb) * L_out]):
+                                        af[p0 * L_out:(p0 + nb) * L_out], src, base):
                 for p in range(p0, p0 + nb):
                     _maxpool_plane(x, p, 2, 2, ph, 1, 1, 1, i0s, i1s, j0s, j1s, out, argmax)
 
