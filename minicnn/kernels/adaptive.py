@@ -46,7 +46,6 @@ def _bins(length, bins):
     return start, end
 
 
-
 @njit(cache=True)
 def _bin_areas(hs, he, ws, we):
     """``area[i * oW + j]`` = the cell count of bin (i, j), as float64, for
@@ -59,6 +58,7 @@ def _bin_areas(hs, he, ws, we):
         for j in range(oW):
             area[i * oW + j] = (he[i] - hs[i]) * (we[j] - ws[j])
     return area
+
 
 @njit(cache=True, fastmath={"reassoc"})
 def _sum_any_order(a):

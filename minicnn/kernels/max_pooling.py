@@ -5,7 +5,7 @@ Conventions (planes, geometry, parallel contract): :mod:`minicnn.kernels.window`
 import numpy as np
 from numba import njit, prange
 
-from minicnn.kernels.window import PLANE_RUNS, _plane_run, _tap_ranges
+from minicnn.kernels.window import PLANE_RUNS, _output_cells, _plane_run, _tap_ranges
 
 
 # ------------------------------------------------------------------------- max
@@ -302,14 +302,13 @@ def _maxpool2d_3x3s2_forward(x, ph, out, argmax):
     i0s, i1s = _tap_ranges(H_out, 3, 2, ph, 1, H)
     j0s, j1s = _tap_ranges(W_out, 3, 2, 1, 1, W)
     Wh = W // 2
+    first = _output_cells(H_out, W_out, Wh, 2, 1 - ph)     # plane 0's output cells in vv
     src = np.empty(B * L_out, np.int64)      # output cell t of a block <- vv[src[t]]
     base = np.empty(B * L_out, np.int64)     # block index of its plane's first cell
     for b in range(B):
-        for oh in range(H_out):
-            for j in range(Wh):
-                t = (b * H_out + oh) * Wh + j
-                src[t] = (b * H + 2 * oh - ph + 1) * Wh + j
-                base[t] = b * L
+        for m in range(L_out):
+            src[b * L_out + m] = first[m] + b * H * Wh
+            base[b * L_out + m] = b * L
     for c in prange(n_chunks):
         p_lo, p_hi = _plane_run(c, n_chunks, P)
         for p0 in range(p_lo, p_hi, B):
