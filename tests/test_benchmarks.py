@@ -4,7 +4,9 @@ checks, and a smoke run.  No test here asserts anything about a timing.
 """
 from __future__ import annotations
 
+import ast
 import importlib
+import inspect
 import json
 import os
 import pkgutil
@@ -574,6 +576,45 @@ def test_every_kernel_is_cached_and_every_public_kernel_parallel():
             plain = getattr(mod, "_" + name, None)
             assert plain is d.py_func, f"{where}: compile the plain function _{name} by name (GUIDE practice 1)"
     assert harness.kernel_options() and all(k["cache"] for k in harness.kernel_options())
+
+
+PARALLEL_NUMPY_CALLS = {"zeros", "ones", "arange", "linspace"}   # numba.parfors.parfor
+
+
+def _numpy_call(node):
+    """``"zeros"`` for ``np.zeros(...)``, ``"random.rand"`` for
+    ``np.random.rand(...)``; None for any other node."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        return None
+    f = node.func
+    if isinstance(f.value, ast.Name) and f.value.id == "np":
+        return f.attr
+    if (isinstance(f.value, ast.Attribute) and f.value.attr == "random"
+            and isinstance(f.value.value, ast.Name) and f.value.value.id == "np"):
+        return "random." + f.attr
+    return None
+
+
+def test_parallel_kernels_run_no_hidden_parallel_regions():
+    """Under parallel=True Numba turns ``np.zeros``, ``np.ones``,
+    ``np.arange``, ``np.linspace`` and ``np.random`` calls into parallel
+    loops of their own, each a separate launch of the thread pool (about
+    18 µs here, a quarter of some kernels' time; kernels/__init__).  The
+    kernels allocate with ``np.empty`` and fill inside their prange loop.
+    Checked in the source of every parallel kernel and of the
+    ``inline='always'`` helpers compiled into them."""
+    checked = 0
+    for mod, name, d in _dispatchers():
+        if not (d.targetoptions.get("parallel") or d.targetoptions.get("inline") == "always"):
+            continue
+        for node in ast.walk(ast.parse(inspect.getsource(d.py_func).lstrip())):
+            call = _numpy_call(node)
+            assert call not in PARALLEL_NUMPY_CALLS and not (call or "").startswith("random."), (
+                f"{mod.__name__}.{name}: np.{call} at line "
+                f"{d.py_func.__code__.co_firstlineno + node.lineno - 1} runs as a parallel region "
+                f"of its own; allocate with np.empty and fill inside the prange")
+        checked += 1
+    assert checked >= 30
 
 
 def test_numba_num_threads_is_respected():

@@ -14,4 +14,14 @@ no such check: the same cells, 5-19 % faster where adopted
 (benchmarks/README.md).  Behind a test such as ``if k >= 0:`` LLVM drops
 the check itself, and the cast gains nothing.  (Only the index is cast:
 Numba types uint64 mixed with int64 arithmetic as float64.)
+
+Hidden parallel regions.  Under ``parallel=True`` Numba turns ``np.zeros``,
+``np.ones``, ``np.arange``, ``np.linspace`` and ``np.random`` calls (and
+whole-array expressions) into parallel loops of their own, outside the
+prange: each is one more launch of the thread pool, about 18 µs on the
+2-core VM, the cost of an empty prange kernel.  So the kernels allocate
+scratch with ``np.empty`` and fill what must be filled inside their prange
+loop (``tests/test_benchmarks.py`` checks the source).  The AvgPool2D
+3x3/2 forward had four such allocations: 70-100 µs of its time
+(benchmarks/README.md).
 """

@@ -577,8 +577,11 @@ def _adaptive_max_forward(x, out, argmax):
             _column_winners(xp, p, W, hs, he, colmax, colarg, p)
     else:                                         # the same on padded copies of the planes
         n_runs = min(P, PLANE_RUNS)
-        xs = np.zeros((n_runs, H, Wp), x.dtype)
+        xs = np.empty((n_runs, H, Wp), x.dtype)
         for c in prange(n_runs):
+            for h in range(H):                    # the padding columns: zero, never a winner
+                for w in range(W, Wp):            # that pass 2 reads (it stops at column W)
+                    xs[c, h, w] = 0.0
             p_lo, p_hi = _plane_run(c, n_runs, P)
             for p in range(p_lo, p_hi):
                 for h in range(H):

@@ -170,7 +170,9 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
                            divisor_override, out)
     no = H_out * Wh
     src = _output_cells(H_out, Wh, Wh, 2, 1 - ph)   # out.flat[m] = v[src[m]]
-    Df = np.ones(n, out.dtype)               # divisor of each centre row's window sum
+    Df = np.empty(n, out.dtype)              # divisor of each centre row's window sum
+    for t in range(n):                       # (np.ones would be a parallel region: kernels/__init__)
+        Df[t] = 1.0
     Dflat = D.reshape(no)
     for m in range(no):
         Df[src[m]] = Dflat[m]
@@ -179,11 +181,14 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
     xu = xf.view(np.uint64)
     of = out.reshape((P, no))
     n_chunks = min(P, PLANE_RUNS)
-    E = np.zeros((n_chunks, n + 2 * Wh), x.dtype)    # row 0 and row H + 1 stay zero
-    O = np.zeros((n_chunks, n + 2 * Wh), x.dtype)
-    L = np.zeros((n_chunks, n + 2 * Wh), x.dtype)
+    E = np.empty((n_chunks, n + 2 * Wh), x.dtype)    # rows 0 and H + 1 are zeroed below
+    O = np.empty((n_chunks, n + 2 * Wh), x.dtype)
+    L = np.empty((n_chunks, n + 2 * Wh), x.dtype)
     V = np.empty((n_chunks, n), x.dtype)
     for c in prange(n_chunks):
+        for m in range(Wh):                  # the zero rows above and below the plane
+            E[c, m] = O[c, m] = L[c, m] = 0.0
+            E[c, Wh + n + m] = O[c, Wh + n + m] = L[c, Wh + n + m] = 0.0
         e_in, o_in, l_in = E[c, Wh:Wh + n], O[c, Wh:Wh + n], L[c, Wh:Wh + n]
         l0, e0, o0 = L[c, :n], E[c, :n], O[c, :n]                             # rows c-1
         l1, e1, o1 = L[c, Wh:Wh + n], E[c, Wh:Wh + n], O[c, Wh:Wh + n]        # rows c

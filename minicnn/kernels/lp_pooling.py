@@ -217,8 +217,8 @@ def _lppool2d_3x3s2_forward(x, norm_type, out, sums):
     t_end = (H - 2) * Wh                 # centre rows 1 .. H-2
     xf = x.reshape((P, H * W))
     n_chunks = min(P, PLANE_RUNS)
-    E = np.zeros((n_chunks, n + 1), np.float64)
-    O = np.zeros((n_chunks, n + 1), np.float64)
+    E = np.empty((n_chunks, n + 1), np.float64)    # cell n is zeroed below
+    O = np.empty((n_chunks, n + 1), np.float64)
     V = np.empty((n_chunks, max(t_end, 0)), np.float64)
     no = H_out * W_out
     src = _output_cells(H_out, W_out, Wh, 2, 0)    # output cell m's window sum is v[src[m]]
@@ -226,6 +226,7 @@ def _lppool2d_3x3s2_forward(x, norm_type, out, sums):
     sf = sums.reshape((P, no))
     of = out.reshape((P, no))
     for c in prange(n_chunks):
+        E[c, n] = O[c, n] = 0.0
         e, o, v, u = E[c], O[c], V[c], U[c]
         e0, o0, f0 = E[c, :t_end], O[c, :t_end], E[c, 1:t_end + 1]                   # row c-1
         e1, o1, f1 = E[c, Wh:Wh + t_end], O[c, Wh:Wh + t_end], E[c, Wh + 1:Wh + t_end + 1]
