@@ -22,6 +22,6 @@ prange: each is one more launch of the thread pool, about 18 µs on the
 2-core VM, the cost of an empty prange kernel.  So the kernels allocate
 scratch with ``np.empty`` and fill what must be filled inside their prange
 loop (``tests/test_benchmarks.py`` checks the source).  The AvgPool2D
-3x3/2 forward had four such allocations: 70-100 µs of its time
-(benchmarks/README.md).
+3x3/2 forward had four such allocations: 58-100 µs of its time, old and
+new timed in alternation (benchmarks/README.md).
 """

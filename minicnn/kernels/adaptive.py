@@ -579,8 +579,8 @@ def _adaptive_max_forward(x, out, argmax):
         n_runs = min(P, PLANE_RUNS)
         xs = np.empty((n_runs, H, Wp), x.dtype)
         for c in prange(n_runs):
-            for h in range(H):                    # the padding columns: zero, never a winner
-                for w in range(W, Wp):            # that pass 2 reads (it stops at column W)
+            for h in range(H):                    # the padding columns: zero (their column
+                for w in range(W, Wp):            # winners are in no bin that pass 2 reads)
                     xs[c, h, w] = 0.0
             p_lo, p_hi = _plane_run(c, n_runs, P)
             for p in range(p_lo, p_hi):
