@@ -128,15 +128,23 @@ def test_relu_gradcheck_any_rank():
         assert result.passed, (shape, result.errors)
 
 
+@pytest.fixture(scope="module")
+def relu_serial():
+    """The serial builds of the ReLU kernels, compiled once for the module
+    (each ``njit`` of a function compiles anew)."""
+    from numba import njit
+
+    from minicnn.kernels import activations as K
+    return njit(K._relu_forward), njit(K._relu_backward)
+
+
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 5, 40_000])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_relu_kernels_match_numpy_and_serial_at_block_edges(size, dtype):
+def test_relu_kernels_match_numpy_and_serial_at_block_edges(size, dtype, relu_serial):
     """The kernels work in blocks of 4096 elements in parallel; every size
     around a block edge, and above the single-thread cut-off (32768), gives
     numpy's answer (np.maximum; dout * [x > 0]) and the serial build's, bit
     for bit, NaN included."""
-    from numba import njit
-
     from minicnn.kernels import activations as K
 
     rng = np.random.default_rng(size)
@@ -152,8 +160,8 @@ def test_relu_kernels_match_numpy_and_serial_at_block_edges(size, dtype):
     K.relu_backward(dout, mask, dx)
     np.testing.assert_array_equal(dx, np.where(x > 0, dout, 0))
     y2, mask2, dx2 = np.empty_like(x), np.empty(size, np.bool_), np.empty_like(x)
-    njit(K._relu_forward)(x, y2, mask2)
-    njit(K._relu_backward)(dout, mask2, dx2)
+    relu_serial[0](x, y2, mask2)
+    relu_serial[1](dout, mask2, dx2)
     np.testing.assert_array_equal(y2, y)
     np.testing.assert_array_equal(dx2, dx)
     layer = ReLU()
