@@ -284,6 +284,18 @@ PLANE_BLOCK = 32    # planes per iteration of the short-row backward
 SHORT_ROW = 24      # rows of fewer cells take the backward across planes
 
 
+@njit(cache=True, inline='always')
+def _add_share(Tt, w0, w1, sm, nb):
+    """``Tt[w, b] += sm[b]`` for ``w0 <= w < w1`` and the block's ``nb``
+    planes ``b``: one bin's shares added to a band's templates
+    (:func:`_adaptive_avg_backward`, short rows), each sum rounded to the
+    templates' dtype."""
+    for w in range(w0, w1):
+        tw = Tt[np.uint64(w)]                    # uint64: kernels/__init__
+        for b in range(nb):
+            tw[b] += sm[b]
+
+
 def _adaptive_avg_backward(dout, dx):
     """Backward of adaptive average pooling, ``dout`` (N, C, oH, oW) ->
     ``dx`` (N, C, H, W).
@@ -412,21 +424,14 @@ def _adaptive_avg_backward(dout, dx):
             for j in range(oW):
                 sm = s[np.uint64(i * oW + j)]
                 seen = we[j - 1] if j > 0 else 0        # columns below this were in bin j - 1 too
-                for w in range(ws[j], min(seen, we[j])):
-                    tw = Tt[np.uint64(w)]
-                    for b in range(nb):
-                        tw[b] += sm[b]
+                _add_share(Tt, ws[j], min(seen, we[j]), sm, nb)
                 for w in range(max(ws[j], seen), we[j]):
                     tw = Tt[np.uint64(w)]
                     for b in range(nb):
                         tw[b] = 0.0 + sm[b]             # rounded to dx's dtype
             for i in range(lo[t] + 1, hi[t]):
                 for j in range(oW):
-                    sm = s[np.uint64(i * oW + j)]
-                    for w in range(ws[j], we[j]):
-                        tw = Tt[np.uint64(w)]
-                        for b in range(nb):
-                            tw[b] += sm[b]
+                    _add_share(Tt, ws[j], we[j], s[np.uint64(i * oW + j)], nb)
         Tf = T[k].reshape(nbands * W * B)
         for b in range(nb):
             o = xf[p0 + b]
