@@ -220,7 +220,9 @@ def markdown(results: dict) -> str:
     env = results.get("environment", {})
     meta = results.get("meta", {})
     recs = results.get("records", [])
-    L = [f"# minicnn benchmarks: {meta.get('mode', '')} run, {env.get('date', '')}, {env.get('host', '')}",
+    only = meta.get("only")                    # --only: the sections run, else None (all of them)
+    part = f" of {', '.join(only)} only" if only else ""
+    L = [f"# minicnn benchmarks: {meta.get('mode', '')} run{part}, {env.get('date', '')}, {env.get('host', '')}",
          ""]
     if meta.get("warning"):
         L += [f"> {meta['warning']}", ""]

@@ -283,6 +283,13 @@ def test_markdown_has_sections_and_columns():
             assert all(r.replace("\\|", "").count(" | ") == n for r in rows[2:]), block
 
 
+def test_markdown_title_names_the_sections_of_a_partial_run():
+    res = _full_results()
+    assert report.markdown(res).startswith("# minicnn benchmarks: quick run, 2030-01-02")
+    res["meta"]["only"] = ["training", "memory"]
+    assert report.markdown(res).startswith("# minicnn benchmarks: quick run of training, memory only, 2030-01-02")
+
+
 def test_write_produces_markdown_and_json_atomically(tmp_path):
     res = _full_results()
     md_path, json_path = report.write(res, str(tmp_path), suffix="-quick")
