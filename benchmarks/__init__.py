@@ -21,6 +21,9 @@ Modules (one concept each)::
 
 import time as _time
 
+SECTIONS = ("pooling", "conv", "training", "compile", "memory", "threads", "experiments")
+"""The sections of a run, in the order they run (``--only`` picks some)."""
+
 IMPORT_STARTED = _time.perf_counter()
 """``time.perf_counter()`` just before ``import minicnn`` below: the warm-start
 child (compile.py) counts its import time from here, as ``python -m

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-SECTIONS = ("pooling", "conv", "training", "compile", "memory", "threads", "experiments")
+from benchmarks import SECTIONS
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     ctx = Context(timing=timing, np_timing=np_timing, copy=harness.CopyRoof(timing), torch=torch,
                   quick=args.quick, tiny=args.tiny, data_dir=args.data_dir, contend=not args.no_contend)
     mode = "tiny (harness check; figures meaningless)" if args.tiny else "quick" if args.quick else "full"
-    results = {"meta": {"mode": mode, "sections": sections, "only": args.only,
+    results = {"meta": {"mode": mode, "sections": sections,
                         "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
                         "timing": f"median (min) of {repeats} samples, each >= {min_sample * 1e3:g} ms of "
                                   f"back-to-back calls after {timing.warmup} warm-up call(s); numpy references "

@@ -19,6 +19,7 @@ import os
 import re
 import time
 
+from benchmarks import SECTIONS
 from benchmarks.harness import Stats, atomic_write, ratio
 
 IMPLS = ("minicnn", "copy", "numpy", "torch", "torch_cl")
@@ -220,8 +221,8 @@ def markdown(results: dict) -> str:
     env = results.get("environment", {})
     meta = results.get("meta", {})
     recs = results.get("records", [])
-    only = meta.get("only")                    # --only: the sections run, else None (all of them)
-    part = f" of {', '.join(only)} only" if only else ""
+    run = meta.get("sections", SECTIONS)
+    part = f" of {', '.join(run)} only" if set(run) != set(SECTIONS) else ""       # --only
     L = [f"# minicnn benchmarks: {meta.get('mode', '')} run{part}, {env.get('date', '')}, {env.get('host', '')}",
          ""]
     if meta.get("warning"):

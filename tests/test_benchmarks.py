@@ -286,7 +286,7 @@ def test_markdown_has_sections_and_columns():
 def test_markdown_title_names_the_sections_of_a_partial_run():
     res = _full_results()
     assert report.markdown(res).startswith("# minicnn benchmarks: quick run, 2030-01-02")
-    res["meta"]["only"] = ["training", "memory"]
+    res["meta"]["sections"] = ["training", "memory"]
     assert report.markdown(res).startswith("# minicnn benchmarks: quick run of training, memory only, 2030-01-02")
 
 
