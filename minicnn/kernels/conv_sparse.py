@@ -200,7 +200,7 @@ def _sparse_weight_grad(nz_pos, nz_val, nz_cnt, xt, kh, kw, sh, sw, dwt, db):
     A (filter, sample) list is taken four entries at a time,
     ``dW[f] += (g0*x0 + g1*x1) + (g2*x2 + g3*x3)`` with ``xk`` the
     entry's input window, then the last ``cnt % 4`` one by one: a quarter
-    of the loads and stores of ``dW[f]``, 1.99 -> 1.47-1.49 ms on the
+    of the loads and stores of ``dW[f]``, 2.12-2.16 -> 1.54-1.58 ms on the
     default model's 32->64 layer at 20 % non-zero (benchmarks/README.md).
     Parallel contract: prange over the blocks of filters; iteration b reads
     only its filters' lists and writes only their dwt[f] and db[f]."""
