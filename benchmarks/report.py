@@ -132,8 +132,9 @@ def targets(results: dict) -> list[dict]:
 
     # Per epoch, as the anchors are (numpy 20 s vs PyTorch 2.4 s for
     # the LeNet epoch): minicnn's real epoch (batches drawn, shuffled, all of
-    # it) against the numpy net's first batches of that epoch, timed in the
-    # same rounds and scaled.  The step ratio is shown beside it.
+    # it) against the numpy net's first batches of that epoch, timed in
+    # alternating slices (training.interleaved_epochs) and scaled.  The step
+    # ratio is shown beside it.
     for model in ("lenet", "default"):
         ep = find(recs, "training", model, "epoch")
         st = find(recs, "training", model, "step")

@@ -6,9 +6,8 @@ Same work in every column:
   (no progress bar, no evaluation);
 * numpy: :class:`benchmarks.references.NumpyNet` (textbook im2col CNN) with
   the same weights and optimiser; its epoch is the first batches of the
-  epoch (about 20 s of them; 5 s with ``--quick``), timed in the same
-  alternating rounds as the minicnn and torch epochs and scaled to the
-  whole epoch (a real numpy epoch would take minutes);
+  epoch (about 20 s of them; 5 s with ``--quick``), scaled to the whole
+  epoch (a real numpy epoch would take minutes);
 * torch: ``nn.Sequential`` with the same layers and weights, the same
   optimiser, ``F.cross_entropy``, the same batches (``minicnn.data.batches``).
 
@@ -29,6 +28,18 @@ torch nets do the same dense arithmetic whatever the values, so they keep
 the constant learning rate.  The fixed-batch step repeats one batch from
 the same start, so its sparsity is that of a net trained on one batch:
 the epoch, not the step, is what the target reads.
+
+**Epochs in slices** (:func:`interleaved_epochs`).  Each minicnn epoch is
+timed in alternation with the numpy and torch epochs, cut into
+:data:`SLICES` slices each: after every 1/SLICES of minicnn's steps, one
+slice of the numpy batches and one of torch's epoch run, timed apart.
+This VM's speed swings by up to 2x for seconds to minutes; with whole
+epochs run one after the other (12-30 s each) such a spell could fall on
+one of them only (one full run measured minicnn's default epoch at
+22.6 s, where a run three minutes later measured 11.9 s and PyTorch's
+and numpy's barely moved).  The default model's sparse-off epoch has its
+own rounds with the numpy and torch slices, and its row takes its
+figures from them.
 """
 from __future__ import annotations
 
@@ -156,22 +167,65 @@ def torch_net(torch, model, name):
     return net, step
 
 
-def _epoch_times(fns, repeats):
-    """``{name: epoch function}`` -> ``{name: Stats}``: ``repeats`` epochs
-    of each, alternating (the order rotating), so a slow spell of the
-    machine falls on all of them alike."""
-    keys = list(fns)
-    samples = {k: [] for k in keys}
-    for r in range(repeats):
-        for k in rotation(keys, r):
-            samples[k].append(_wall(fns[k]))
-    return {k: Stats.from_samples(v) for k, v in samples.items()}
+SLICES = 16     # each epoch is timed in this many slices, alternating with the others'
 
 
-def _wall(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def interleaved_epochs(main, others: dict, every: int, clock=time.perf_counter) -> dict:
+    """Time one epoch of ``main`` and of each of ``others`` in slices, in
+    alternation, so a slow spell of the machine (this VM's last seconds to
+    minutes) falls on all of them alike rather than on one whole epoch.
+
+    ``main(after_step)`` runs its epoch and calls ``after_step()`` after
+    each training step (minicnn's ``Trainer.fit``, which cannot be cut from
+    outside).  ``others``: ``{name: [slice, ...]}``, functions of no
+    arguments that together make that contestant's epoch.  After every
+    ``every`` steps of ``main`` the next slice of each of ``others`` runs
+    (their order rotating); slices still left when ``main`` ends run then,
+    in the same rotation.  -> ``{"main": s, name: s}``: each contestant's
+    own wall time; ``main``'s excludes the time spent in the others'
+    slices."""
+    names = list(others)
+    done = {k: 0 for k in names}
+    spent = {k: 0.0 for k in names}
+    state = {"steps": 0, "round": 0, "away": 0.0}
+
+    def one_round():
+        t_away = clock()
+        for k in rotation(names, state["round"]):
+            if done[k] < len(others[k]):
+                t0 = clock()
+                others[k][done[k]]()
+                spent[k] += clock() - t0
+                done[k] += 1
+        state["round"] += 1
+        state["away"] += clock() - t_away
+
+    def after_step():
+        state["steps"] += 1
+        if state["steps"] % every == 0:
+            one_round()
+
+    t0 = clock()
+    main(after_step)
+    own = clock() - t0 - state["away"]
+    while any(done[k] < len(others[k]) for k in names):
+        one_round()
+    return {"main": own, **spent}
+
+
+def _slices(run_batch, pairs, n):
+    """``pairs`` (a list of (xb, yb)) cut into ``n`` consecutive runs (fewer
+    if there are fewer batches) -> functions of no arguments, each calling
+    ``run_batch(xb, yb)`` on its run's batches."""
+    n = max(1, min(n, len(pairs)))
+    bounds = [len(pairs) * i // n for i in range(n + 1)]
+
+    def part(lo, hi):
+        def go():
+            for xb, yb in pairs[lo:hi]:
+                run_batch(xb, yb)
+        return go
+    return [part(bounds[i], bounds[i + 1]) for i in range(n)]
 
 
 def run(ctx):
@@ -211,56 +265,79 @@ def run(ctx):
         log(f"[training] {name} epoch: {n_batches} batches x {reps}")
         share = {}
 
-        def minicnn_epoch(sparse=True):
-            with sparse_backward_count() as counts:
-                minicnn_trainer(name, batch=batch, recipe_steps=per_epoch, sparse=sparse).fit(xs, ys, 1)
-            share[sparse] = counts
+        def minicnn_epoch(sparse):
+            def run_epoch(after_step):
+                tr_ep = minicnn_trainer(name, batch=batch, recipe_steps=per_epoch, sparse=sparse)
+                step = tr_ep.train_step
 
-        epochs = {"minicnn": minicnn_epoch}
-        if name == "default":
-            epochs["minicnn, sparse off"] = lambda: minicnn_epoch(sparse=False)
+                def step_then_pause(*args):
+                    out = step(*args)
+                    after_step()
+                    return out
+                tr_ep.train_step = step_then_pause          # Trainer.fit calls self.train_step
+                with sparse_backward_count() as counts:
+                    tr_ep.fit(xs, ys, 1)
+                share[sparse] = counts
+            return run_epoch
+
+        # the numpy net trains on the first batches of the same epoch (a whole
+        # numpy epoch would take minutes) and is scaled to the whole epoch
+        np_budget = 1e9 if ctx.tiny else 5.0 if ctx.quick else 20.0
+        np_batches = per_epoch if ctx.tiny else max(5, min(per_epoch, int(np_budget / max(np_step.median, 1e-9))))
+        np_pairs = list(batches(x[:np_batches * batch], y[:np_batches * batch], batch, shuffle=True, seed=0, epoch=0))
+        ep_pairs = list(batches(xs, ys, batch, shuffle=True, seed=0, epoch=0))
+        every = max(1, -(-len(ep_pairs) // SLICES))
         if tstep is not None:
             torch = ctx.torch
             tstep2 = torch_net(torch, build_model(name), name)[1]
 
-            def torch_epoch():
-                for bx, by in batches(xs, ys, batch, shuffle=True, seed=0, epoch=0):
-                    tstep2(torch.from_numpy(bx), torch.from_numpy(by))
+            def torch_batch(bx, by):
+                tstep2(torch.from_numpy(bx), torch.from_numpy(by))
 
-            epochs["torch"] = torch_epoch
-        # the numpy net trains on the first batches of the same epoch, timed in
-        # the same rounds as the other two (a whole numpy epoch would take
-        # minutes), so a slow spell of the machine cannot fall on one side only
-        np_budget = 1e9 if ctx.tiny else 5.0 if ctx.quick else 20.0
-        np_batches = per_epoch if ctx.tiny else max(5, min(per_epoch, int(np_budget / max(np_step.median, 1e-9))))
-        np_xs, np_ys = x[:np_batches * batch], y[:np_batches * batch]
+        def others():
+            out = {"numpy": _slices(npnet.step, np_pairs, SLICES)}
+            if tstep is not None:
+                out["torch"] = _slices(torch_batch, ep_pairs, SLICES)
+            return out
 
-        def numpy_epoch():
-            for bx, by in batches(np_xs, np_ys, batch, shuffle=True, seed=0, epoch=0):
-                npnet.step(bx, by)
+        # minicnn's epoch (and, for default, the same epoch with the sparse
+        # backward off) each in its own alternation with the numpy and torch
+        # slices; each row of the report takes its figures from its own rounds
+        mains = {"minicnn": True}
+        if name == "default":
+            mains["minicnn, sparse off"] = False
+        samples = {m: {} for m in mains}
+        for r in range(reps):
+            for m in rotation(list(mains), r):
+                got = interleaved_epochs(minicnn_epoch(mains[m]), others(), every)
+                for k, v in got.items():
+                    samples[m].setdefault(k, []).append(v)
+        ep = {m: {k: Stats.from_samples(v) for k, v in by_name.items()} for m, by_name in samples.items()}
+        np_scale = per_epoch / len(np_pairs)
 
-        epochs["numpy"] = numpy_epoch
-        ep = _epoch_times(epochs, reps)
-        mc_ep, t_ep = _scaled(ep["minicnn"], scale), _scaled(ep.get("torch"), scale)
-        np_scale = per_epoch / -(-len(np_xs) // batch)
-        np_ep = _scaled(ep["numpy"], np_scale)
-        notes = (f"numpy: {np_batches} of {per_epoch} batches timed in the same rounds, scaled x{np_scale:.2f}"
-                 if np_scale != 1 else "numpy: the whole epoch, timed in the same rounds")
+        def row(m):
+            e = ep[m]
+            return {"minicnn": _scaled(e["main"], scale), "numpy": _scaled(e["numpy"], np_scale),
+                    "torch": _scaled(e.get("torch"), scale)}
+        notes = (f"numpy: {len(np_pairs)} of {per_epoch} batches, scaled x{np_scale:.2f}"
+                 if np_scale != 1 else "numpy: the whole epoch")
+        notes += (f"; each epoch timed in {SLICES} slices alternating with the others' "
+                  f"(every {every} minicnn steps)")
         if scale != 1:
             notes += f"; minicnn and torch: {n_batches} of {per_epoch} batches timed, scaled x{scale:.2f}"
         c = share[True]
         notes += (f"; minicnn: {c['sparse']} of {c['total']} im2col-path conv backward passes of the last "
                   "timed epoch took the sparse path")
-        recs.append(make_record("training", name, "epoch", {"minicnn": mc_ep, "numpy": np_ep, "torch": t_ep},
+        recs.append(make_record("training", name, "epoch", row("minicnn"),
                                 config=f"batch {batch}, {reps} run(s)", shape=f"{len(x):,} images",
                                 notes=notes))
         if "minicnn, sparse off" in ep:
             recs.append(make_record("training", f"{name}, sparse backward off", "epoch",
-                                    {"minicnn": _scaled(ep["minicnn, sparse off"], scale), "numpy": np_ep,
-                                     "torch": t_ep},
+                                    row("minicnn, sparse off"),
                                     config=f"batch {batch}, {reps} run(s)", shape=f"{len(x):,} images",
                                     notes=f"Conv2D.sparse_max_density = 0 (the GEMMs always); "
-                                          f"{share[False]['sparse']} sparse passes"))
+                                          f"{share[False]['sparse']} sparse passes; numpy and torch "
+                                          f"from this row's own rounds"))
     return recs, note
 
 

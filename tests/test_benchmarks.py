@@ -765,3 +765,47 @@ def test_sparse_backward_count_counts_the_im2col_path_only():
             layer.backward(np.zeros(y.shape, np.float32))                       # all zero: sparse (im2col path)
     assert counts == {"total": 2, "sparse": 1}
     assert m.Conv2D._backward.__name__ == "_backward"                          # restored
+
+
+def test_interleaved_epochs_alternate_slices_and_keep_each_ones_own_time():
+    """The training section's epochs in slices: after every ``every`` steps of
+    the main epoch, one slice of each other (order rotating); slices left
+    at the end run then; each contestant's time is its own (a fake clock:
+    a main step costs 1 s, a numpy slice 10 s, a torch slice 100 s)."""
+    from benchmarks.training import interleaved_epochs
+    now = [0.0]
+    log = []
+
+    def clock():
+        return now[0]
+
+    def main(after_step):
+        for i in range(7):
+            now[0] += 1.0
+            log.append(f"m{i}")
+            after_step()
+
+    def slice_(name, i, cost):
+        def go():
+            now[0] += cost
+            log.append(f"{name}{i}")
+        return go
+
+    others = {"n": [slice_("n", i, 10.0) for i in range(4)],
+              "t": [slice_("t", i, 100.0) for i in range(4)]}
+    got = interleaved_epochs(main, others, every=2, clock=clock)
+    assert log == ["m0", "m1", "n0", "t0", "m2", "m3", "t1", "n1", "m4", "m5", "n2", "t2", "m6",
+                   "t3", "n3"]
+    assert got == {"main": 7.0, "n": 40.0, "t": 400.0}
+
+
+def test_epoch_slices_cover_the_batches_once_in_order():
+    from benchmarks.training import _slices
+    seen = []
+    pairs = [(i, -i) for i in range(10)]
+    parts = _slices(lambda xb, yb: seen.append((xb, yb)), pairs, 4)
+    assert len(parts) == 4
+    for p in parts:
+        p()
+    assert seen == pairs
+    assert len(_slices(lambda *a: None, pairs[:2], 16)) == 2         # never an empty slice
