@@ -19,10 +19,15 @@ Modules (one concept each)::
     report.py      ratios, targets (pass/fail), Markdown and JSON writers
 """
 
+import os as _os
 import time as _time
 
 SECTIONS = ("pooling", "conv", "training", "compile", "memory", "threads", "experiments")
 """The sections of a run, in the order they run (``--only`` picks some)."""
+
+RESULTS = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "results")
+"""Where reports are written by default (``--out``) and read by
+``python -m benchmarks.history``."""
 
 IMPORT_STARTED = _time.perf_counter()
 """``time.perf_counter()`` just before ``import minicnn`` below: the warm-start

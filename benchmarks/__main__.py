@@ -15,8 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from benchmarks import SECTIONS
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from benchmarks import RESULTS as DEFAULT_OUT, SECTIONS
 
 
 @dataclass

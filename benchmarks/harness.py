@@ -424,6 +424,7 @@ def environment(torch_mod=None) -> dict:
         "openmp_runtimes": openmp_runtimes(),
         "blas": blas_info(),
         "thread_env": {k: os.environ[k] for k in THREAD_ENV_VARS if k in os.environ},
+        "commit": git_commit(os.path.dirname(os.path.dirname(os.path.abspath(minicnn.__file__)))),
     }
     if torch_mod is not None:
         env["torch"] = torch_mod.__version__
@@ -432,6 +433,24 @@ def environment(torch_mod=None) -> dict:
     else:
         env["torch"] = None
     return env
+
+
+def git_commit(root: str) -> str | None:
+    """The short hash of the commit checked out at ``root``, with
+    ``+changes`` when tracked files differ from it; None outside a git
+    checkout or without git (a report must not claim a commit it cannot
+    name)."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if changed else "")
 
 
 def start_numba_pool() -> None:

@@ -238,6 +238,7 @@ def markdown(results: dict) -> str:
             ("load average at start / end", f"{_la(meta.get('loadavg_start'))} / {_la(meta.get('loadavg_end'))}"),
             ("Python / numpy / numba / minicnn",
              f"{env.get('python')} / {env.get('numpy')} / {env.get('numba')} / {env.get('minicnn')}"),
+            ("minicnn commit", env.get("commit") or "not recorded"),
             ("Numba threads / threading layer", f"{env.get('numba_threads')} / {env.get('numba_threading_layer')}"),
             ("OpenMP runtimes loaded", ", ".join(env.get("openmp_runtimes", [])) or "?"),
             ("PyTorch (threads, interop)",

@@ -11,6 +11,7 @@ import json
 import os
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 
@@ -809,3 +810,63 @@ def test_epoch_slices_cover_the_batches_once_in_order():
         p()
     assert seen == pairs
     assert len(_slices(lambda *a: None, pairs[:2], 16)) == 2         # never an empty slice
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_commit_names_the_checkout_and_marks_changes(tmp_path):
+    """The report's commit: the short hash of HEAD, ``+changes`` once a
+    tracked file differs from it, None outside a git checkout."""
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+    assert harness.git_commit(str(tmp_path)) is None
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("one")
+    git("add", "a.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "-m", "one")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert harness.git_commit(str(tmp_path)) == head
+    (tmp_path / "new.txt").write_text("untracked files do not count")
+    assert harness.git_commit(str(tmp_path)) == head
+    (tmp_path / "a.txt").write_text("two")
+    assert harness.git_commit(str(tmp_path)) == head + "+changes"
+
+
+def test_markdown_names_the_commit_or_says_it_was_not_recorded():
+    res = _full_results()
+    res["environment"]["commit"] = "abc1234"
+    assert "| minicnn commit | abc1234 |" in report.markdown(res)
+    del res["environment"]["commit"]                     # reports written before it was recorded
+    assert "| minicnn commit | not recorded |" in report.markdown(res)
+
+
+def test_history_tabulates_each_reports_own_targets_oldest_first(tmp_path):
+    """``python -m benchmarks.history``: one row per JSON report, the figures
+    shortened from the report's own ``targets``, ``(fail)`` on a failed
+    target, ``—`` where a target was not measured or not in the report."""
+    from benchmarks import history
+    good = _full_results()
+    good["environment"]["date"], good["environment"]["commit"] = "2030-01-02 03:04:05", "abc1234"
+    bad = _full_results()
+    bad["records"] = _results(pool_ratio_nchw=2.9, lenet_epoch=(3.0, 2.4)).get("records")
+    bad["targets"] = report.targets(bad)
+    bad["environment"]["date"] = "2030-01-01 00:00:00"            # older: listed first
+    bad["meta"]["sections"] = ["pooling"]
+    for name, res in (("new", good), ("old", bad)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(res))
+    lines = history.table(str(tmp_path), links="r/").splitlines()
+    assert lines[0].startswith("| report | date | commit | run | wall | pooling >= 3x NCHW |")
+    old, new = lines[2], lines[3]
+    assert old.startswith("| [old](r/old.md) | 2030-01-01 00:00:00 | not recorded | quick (pooling) |")
+    assert "| 1/2 (fail) |" in old and "| 2/2 |" in new           # 1 of the 2 counted cases
+    assert new.startswith("| [new](r/new.md) | 2030-01-02 03:04:05 | abc1234 | quick |")
+    assert "| 0.83× |" in new and "| 1.25× (fail) |" in old      # LeNet epoch / PyTorch: 2/2.4, 3/2.4
+    assert new.endswith("| — | 1.50 s | 300 MiB |")               # no default epoch in these results
+    assert history.short("0.417 GB (427 MiB)") == "427 MiB"
+    assert history.short("something else") == "something else"
+
+
+def test_history_says_when_there_is_no_report(tmp_path, capsys):
+    from benchmarks import history
+    assert history.main([str(tmp_path)]) == 2
+    assert "no *.json report" in capsys.readouterr().err
