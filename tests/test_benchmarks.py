@@ -870,3 +870,14 @@ def test_history_says_when_there_is_no_report(tmp_path, capsys):
     from benchmarks import history
     assert history.main([str(tmp_path)]) == 2
     assert "no *.json report" in capsys.readouterr().err
+
+
+def test_readme_table_of_runs_is_the_history_tools_output():
+    """The README's table of kept reports is ``python -m benchmarks.history
+    --links benchmarks/results/`` verbatim: a report added or changed
+    without regenerating the table fails here."""
+    from benchmarks import RESULTS, history
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert history.table(RESULTS, links="benchmarks/results/") in readme
