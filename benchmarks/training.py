@@ -44,6 +44,7 @@ figures from them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 
 import numpy as np
@@ -213,19 +214,23 @@ def interleaved_epochs(main, others: dict, every: int, clock=time.perf_counter) 
     return {"main": own, **spent}
 
 
-def _slices(run_batch, pairs, n):
-    """``pairs`` (a list of (xb, yb)) cut into ``n`` consecutive runs (fewer
-    if there are fewer batches) -> functions of no arguments, each calling
-    ``run_batch(xb, yb)`` on its run's batches."""
-    n = max(1, min(n, len(pairs)))
-    bounds = [len(pairs) * i // n for i in range(n + 1)]
+def _slices(run_batch, pairs, n_batches, n):
+    """The ``n_batches`` batches of the iterator ``pairs`` ((xb, yb) each)
+    cut into ``n`` consecutive runs (fewer if there are fewer batches) ->
+    functions of no arguments, to be called in order, each drawing its
+    run's batches from ``pairs`` and calling ``run_batch(xb, yb)`` on them.
+    The batches are drawn inside the slice, so drawing them is timed with
+    it, as minicnn's ``Trainer.fit`` draws its own."""
+    it = iter(pairs)
+    n = max(1, min(n, n_batches))
+    bounds = [n_batches * i // n for i in range(n + 1)]
 
-    def part(lo, hi):
+    def part(count):
         def go():
-            for xb, yb in pairs[lo:hi]:
+            for xb, yb in itertools.islice(it, count):
                 run_batch(xb, yb)
         return go
-    return [part(bounds[i], bounds[i + 1]) for i in range(n)]
+    return [part(bounds[i + 1] - bounds[i]) for i in range(n)]
 
 
 def run(ctx):
@@ -261,7 +266,8 @@ def run(ctx):
             n_batches = min(n_batches, 150)
         reps = 1 if (ctx.tiny or ctx.quick or name == "default") else 3
         xs, ys = x[:n_batches * batch], y[:n_batches * batch]
-        scale = per_epoch / -(-len(xs) // batch)
+        ep_count = -(-len(xs) // batch)              # batches in the timed epoch
+        scale = per_epoch / ep_count
         log(f"[training] {name} epoch: {n_batches} batches x {reps}")
         share = {}
 
@@ -284,9 +290,9 @@ def run(ctx):
         # numpy epoch would take minutes) and is scaled to the whole epoch
         np_budget = 1e9 if ctx.tiny else 5.0 if ctx.quick else 20.0
         np_batches = per_epoch if ctx.tiny else max(5, min(per_epoch, int(np_budget / max(np_step.median, 1e-9))))
-        np_pairs = list(batches(x[:np_batches * batch], y[:np_batches * batch], batch, shuffle=True, seed=0, epoch=0))
-        ep_pairs = list(batches(xs, ys, batch, shuffle=True, seed=0, epoch=0))
-        every = max(1, -(-len(ep_pairs) // SLICES))
+        np_xs, np_ys = x[:np_batches * batch], y[:np_batches * batch]
+        np_count = -(-len(np_xs) // batch)
+        every = max(1, -(-ep_count // SLICES))
         if tstep is not None:
             torch = ctx.torch
             tstep2 = torch_net(torch, build_model(name), name)[1]
@@ -295,9 +301,11 @@ def run(ctx):
                 tstep2(torch.from_numpy(bx), torch.from_numpy(by))
 
         def others():
-            out = {"numpy": _slices(npnet.step, np_pairs, SLICES)}
+            out = {"numpy": _slices(npnet.step, batches(np_xs, np_ys, batch, shuffle=True, seed=0, epoch=0),
+                                    np_count, SLICES)}
             if tstep is not None:
-                out["torch"] = _slices(torch_batch, ep_pairs, SLICES)
+                out["torch"] = _slices(torch_batch, batches(xs, ys, batch, shuffle=True, seed=0, epoch=0),
+                                       ep_count, SLICES)
             return out
 
         # minicnn's epoch (and, for default, the same epoch with the sparse
@@ -313,13 +321,13 @@ def run(ctx):
                 for k, v in got.items():
                     samples[m].setdefault(k, []).append(v)
         ep = {m: {k: Stats.from_samples(v) for k, v in by_name.items()} for m, by_name in samples.items()}
-        np_scale = per_epoch / len(np_pairs)
+        np_scale = per_epoch / np_count
 
         def row(m):
             e = ep[m]
             return {"minicnn": _scaled(e["main"], scale), "numpy": _scaled(e["numpy"], np_scale),
                     "torch": _scaled(e.get("torch"), scale)}
-        notes = (f"numpy: {len(np_pairs)} of {per_epoch} batches, scaled x{np_scale:.2f}"
+        notes = (f"numpy: {np_count} of {per_epoch} batches, scaled x{np_scale:.2f}"
                  if np_scale != 1 else "numpy: the whole epoch")
         notes += (f"; each epoch timed in {SLICES} slices alternating with the others' "
                   f"(every {every} minicnn steps)")

@@ -804,12 +804,13 @@ def test_epoch_slices_cover_the_batches_once_in_order():
     from benchmarks.training import _slices
     seen = []
     pairs = [(i, -i) for i in range(10)]
-    parts = _slices(lambda xb, yb: seen.append((xb, yb)), pairs, 4)
+    parts = _slices(lambda xb, yb: seen.append((xb, yb)), iter(pairs), 10, 4)
     assert len(parts) == 4
-    for p in parts:
+    for k, p in enumerate(parts):
         p()
+        assert len(seen) == 10 * (k + 1) // 4                        # each draws only its own run
     assert seen == pairs
-    assert len(_slices(lambda *a: None, pairs[:2], 16)) == 2         # never an empty slice
+    assert len(_slices(lambda *a: None, iter(pairs[:2]), 2, 16)) == 2    # never an empty slice
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
