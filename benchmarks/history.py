@@ -3,7 +3,7 @@
     python -m benchmarks.history [DIR] [--links PREFIX]    (DIR: benchmarks/results)
 
 Prints a Markdown table: when each run was made, on which commit (reports
-written before 2026-11-25 did not record it), and what each of the
+written before 2026-11-25 02:24 UTC did not record it), and what each of the
 performance targets measured in it, with ``(fail)`` where the target
 failed.  The figures are the reports' own ``targets`` entries, shortened
 (``50/57 cases pass; worst ...`` -> ``50/57``), never retyped, so the
@@ -18,8 +18,8 @@ import os
 import re
 import sys
 
-from benchmarks import RESULTS, SECTIONS
-from benchmarks.report import md_table
+from benchmarks import RESULTS
+from benchmarks.report import md_table, partial_sections
 
 # column title -> a substring of the target's name that picks it
 COLUMNS = (("pooling >= 3x NCHW", "faster than PyTorch NCHW"),
@@ -47,8 +47,8 @@ def short(measured: str) -> str:
 
 def row(path: str, results: dict, links: str = "") -> list[str]:
     env, meta = results.get("environment", {}), results.get("meta", {})
-    run = meta.get("sections", list(SECTIONS))
-    kind = meta.get("mode", "?") + ("" if set(run) == set(SECTIONS) else f" ({', '.join(run)})")
+    run = partial_sections(meta)
+    kind = meta.get("mode", "?") + (f" ({', '.join(run)})" if run else "")
     wall = meta.get("wall")
     name = os.path.basename(path)[:-len(".json")]
     cells = [f"[{name}]({links}{name}.md)", env.get("date", "?"),

@@ -218,12 +218,19 @@ def _pf(ok):
     return {True: "**PASS**", False: "**FAIL**", None: "not measured"}[ok]
 
 
+def partial_sections(meta: dict) -> list | None:
+    """The sections a ``--only`` run ran (``meta["sections"]``), or None
+    when it ran all of :data:`~benchmarks.SECTIONS` (in any order)."""
+    run = list(meta.get("sections", SECTIONS))
+    return None if set(run) == set(SECTIONS) else run
+
+
 def markdown(results: dict) -> str:
     env = results.get("environment", {})
     meta = results.get("meta", {})
     recs = results.get("records", [])
-    run = meta.get("sections", SECTIONS)
-    part = f" of {', '.join(run)} only" if set(run) != set(SECTIONS) else ""       # --only
+    run = partial_sections(meta)
+    part = f" of {', '.join(run)} only" if run else ""
     L = [f"# minicnn benchmarks: {meta.get('mode', '')} run{part}, {env.get('date', '')}, {env.get('host', '')}",
          ""]
     if meta.get("warning"):
