@@ -171,7 +171,8 @@ def run(ctx) -> dict:
     hide = scipy_installed()
     for w in workloads:
         also = w == "default" and hide
-        log(f"[compile] {w}: cold, then warm x{warm_runs}" + (", then SciPy hidden" if also else ""))
+        log(f"[compile] {w}: cold, then warm x{warm_runs}"
+            + (", each followed by one with SciPy hidden" if also else ""))
         out[w] = measure_workload(w, warm_runs, hide_scipy=also)
     return out
 
