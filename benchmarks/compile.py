@@ -88,8 +88,8 @@ def child(workload: str) -> None:
                       "scipy_loaded": "scipy" in sys.modules}))
 
 
-_HIDE_SCIPY = '''
-import runpy, sys
+_NO_SCIPY_FINDER = '''
+import sys
 class HideSciPy:
     """A meta-path finder that makes `import scipy` (and its submodules) fail."""
     def find_spec(self, name, path=None, target=None):
@@ -97,11 +97,16 @@ class HideSciPy:
             raise ModuleNotFoundError(f"No module named {name!r} (hidden by the benchmark)", name=name)
         return None
 sys.meta_path.insert(0, HideSciPy())
+'''
+"""Source that installs a finder making every ``import scipy...`` fail."""
+
+_HIDE_SCIPY = _NO_SCIPY_FINDER + '''
+import runpy
 runpy.run_module("benchmarks.compile", run_name="__main__", alter_sys=True)
 '''
 """``python -c _HIDE_SCIPY --child WORKLOAD``: the child with SciPy hidden
-from every import, installed before the first import (``benchmarks``'s
-``__init__`` imports minicnn and so Numba)."""
+from every import, the finder installed before the first import
+(``benchmarks``'s ``__init__`` imports minicnn and so Numba)."""
 
 
 def scipy_installed() -> bool:

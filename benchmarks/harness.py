@@ -440,8 +440,6 @@ def git_commit(root: str) -> str | None:
     ``+changes`` when tracked files differ from it; None outside a git
     checkout or without git (a report must not claim a commit it cannot
     name)."""
-    import subprocess
-
     def git(*args):
         return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True,
                               timeout=30, check=True).stdout.strip()

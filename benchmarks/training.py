@@ -188,27 +188,30 @@ def interleaved_epochs(main, others: dict, every: int, clock=time.perf_counter) 
     names = list(others)
     done = {k: 0 for k in names}
     spent = {k: 0.0 for k in names}
-    state = {"steps": 0, "round": 0, "away": 0.0}
+    steps = rounds = 0
+    away = 0.0                       # time main's clock spent in the others' slices
 
     def one_round():
+        nonlocal rounds, away
         t_away = clock()
-        for k in rotation(names, state["round"]):
+        for k in rotation(names, rounds):
             if done[k] < len(others[k]):
                 t0 = clock()
                 others[k][done[k]]()
                 spent[k] += clock() - t0
                 done[k] += 1
-        state["round"] += 1
-        state["away"] += clock() - t_away
+        rounds += 1
+        away += clock() - t_away
 
     def after_step():
-        state["steps"] += 1
-        if state["steps"] % every == 0:
+        nonlocal steps
+        steps += 1
+        if steps % every == 0:
             one_round()
 
     t0 = clock()
     main(after_step)
-    own = clock() - t0 - state["away"]
+    own = clock() - t0 - away
     while any(done[k] < len(others[k]) for k in names):
         one_round()
     return {"main": own, **spent}

@@ -268,9 +268,9 @@ def test_child_with_scipy_hidden_runs_without_scipy():
     assert out.returncode == 0, out.stderr[-3000:]
     child = out.json()
     assert child["scipy_loaded"] is False and child["first_step_s"] > 0
-    finder = C._HIDE_SCIPY.split("sys.meta_path.insert")[0]      # the class alone, without running the child
-    probe = finder + ("sys.meta_path.insert(0, HideSciPy())\n"
-                      "try:\n    import scipy.linalg\nexcept ModuleNotFoundError as e:\n    print('hidden', e.name)\n")
+    assert C._HIDE_SCIPY.startswith(C._NO_SCIPY_FINDER)            # the child installs this finder first
+    probe = C._NO_SCIPY_FINDER + ("try:\n    import scipy.linalg\n"
+                                  "except ModuleNotFoundError as e:\n    print('hidden', e.name)\n")
     got = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert got.returncode == 0 and got.stdout.split() == ["hidden", "scipy"], got.stdout + got.stderr
 
