@@ -39,6 +39,8 @@ def _fractional(rng):
 
 
 def _small_model(rng):
+    """conv -> ReLU -> pool: with ``Model.fuse`` the ReLU runs after the
+    pooling and the conv and pooling go back as one step (direct path)."""
     m.manual_seed(1)
     model = m.Sequential([m.Conv2D(1, 3, 3, padding=1), m.ReLU(), m.MaxPool2D(2),
                           m.Conv2D(3, 4, 3, stride=2, padding=1), m.ReLU(),

@@ -1,6 +1,8 @@
-"""Backward through Conv2D -> MaxPool2D(2) pairs as one step (``Model.fuse``).
+"""The model's two exact rewrites (``Model.fuse``): a ReLU that only a
+MaxPool2D reads runs after the pooling, and backward goes through
+Conv2D -> MaxPool2D(2) pairs as one step.
 
-The fused backward must be the two layers' backward passes, bit for bit:
+Both must give the graph's own values and gradients, bit for bit:
 the same gradients (dx, dW, db), in both dtypes, on both convolution
 algorithms (direct: ``C_in*9 <= 36``; im2col + GEMM: more), with ties,
 NaN, signed zeros and odd planes whose last row or column no window
@@ -19,9 +21,11 @@ import minicnn as m
 from minicnn.kernels import conv as K
 
 
-def _pair_model(c_in, c_out, hw, seed):
+def _pair_model(c_in, c_out, hw, seed, relu=False):
+    """conv -> pool -> dense, or conv -> ReLU -> pool -> dense (``relu``)."""
     m.manual_seed(seed)
-    return m.Sequential([m.Conv2D(c_in, c_out, 3, padding=1), m.MaxPool2D(2), m.Flatten(),
+    act = [m.ReLU()] if relu else []
+    return m.Sequential([m.Conv2D(c_in, c_out, 3, padding=1)] + act + [m.MaxPool2D(2), m.Flatten(),
                          m.Dense(c_out * (hw[0] // 2) * (hw[1] // 2), 3)], input_shape=(c_in,) + hw)
 
 
@@ -39,7 +43,8 @@ def pair_cases(draw):
                 hw=(draw(st.integers(2, 9)), draw(st.integers(2, 9))),
                 dtype=draw(st.sampled_from([np.float32, np.float64])),
                 special=draw(st.sampled_from(["none", "ties", "nan", "zeros"])),
-                input_grad=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+                input_grad=draw(st.booleans()), relu=draw(st.booleans()),
+                seed=draw(st.integers(0, 2**16)))
 
 
 @settings(max_examples=40, deadline=None)
@@ -55,7 +60,7 @@ def test_fused_pair_equals_the_two_layers(case):
     elif case["special"] == "zeros":       # conv outputs of +0.0 and -0.0 where the input is 0
         x[..., ::2] = 0.0
         x[..., 1::2] = -0.0
-    fused = _pair_model(case["c_in"], case["c_out"], hw, 7).astype(dt)
+    fused = _pair_model(case["c_in"], case["c_out"], hw, 7, case["relu"]).astype(dt)
     plain = copy.deepcopy(fused)
     plain.fuse = False
     x = x.astype(dt)
@@ -63,6 +68,7 @@ def test_fused_pair_equals_the_two_layers(case):
     a = _run(fused, x, dout, case["input_grad"])
     b = _run(plain, x, dout, case["input_grad"])
     assert len(fused._conv_pool_pairs()) == 1                  # the pair goes back fused
+    assert len(fused._relu_pool_swaps()) == case["relu"]       # the ReLU runs after the pooling
     assert a[0].tobytes() == b[0].tobytes()
     if case["input_grad"]:
         assert a[1].tobytes() == b[1].tobytes()
@@ -72,21 +78,76 @@ def test_fused_pair_equals_the_two_layers(case):
         assert a[2][name].tobytes() == b[2][name].tobytes(), name
 
 
-def test_default_model_runs_fused_and_equal():
-    """The default model's two pairs: one training step, fused and not."""
-    from minicnn.models import default_model
-    m.manual_seed(0)
-    fused = default_model()
+@pytest.mark.parametrize("name, swaps", [("default", 0), ("lenet", 2)])
+def test_named_models_run_rewritten_and_equal(name, swaps):
+    """The default model (conv -> pool -> ReLU, twice) and the LeNet (conv
+    -> ReLU -> pool, twice: both ReLUs run after their pooling): both
+    convolutions go back with their pooling, and one step equals the graph
+    run layer by layer in the written order, values and gradients bit for bit."""
+    from minicnn.models import build_model
+    fused = build_model(name, seed=0)
     plain = copy.deepcopy(fused)
     plain.fuse = False
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
     dout = rng.standard_normal((4, 10)).astype(np.float32)
-    a, b = _run(fused, x, dout, False), _run(plain, x, dout, False)
-    assert len(fused._conv_pool_pairs()) == 2
-    assert a[0].tobytes() == b[0].tobytes()
+    a, b = _run(fused, x, dout, True), _run(plain, x, dout, True)
+    assert len(fused._relu_pool_swaps()) == swaps and len(fused._conv_pool_pairs()) == 2
+    if swaps:
+        assert plain.layers[1]._mask.shape == (4, 8, 28, 28)     # written order: the full map
+        assert fused.layers[1]._mask.shape == (4, 8, 14, 14)     # swapped: the pooled map
+    assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
     for name in a[2]:
         assert a[2][name].tobytes() == b[2][name].tobytes(), name
+
+
+SPECIAL = np.array([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, 3.0, np.inf, -np.inf, np.nan])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pool_args", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                       dict(kernel_size=3, stride=2, ceil_mode=True),
+                                       dict(kernel_size=2, stride=1, dilation=2)])
+def test_relu_before_any_max_pooling_runs_after_it_bit_for_bit(dtype, pool_args):
+    """ReLU -> MaxPool2D (overlapping, padded, ceil mode, dilated without
+    padding) inside a model equals the two layers in order: forward values
+    and input gradient, bit for bit, on ties, signed zeros, infinities and
+    NaN."""
+    rng = np.random.default_rng(sum(map(hash, map(str, pool_args.items()))) % 2**32)
+    model = m.Sequential([m.ReLU(), m.MaxPool2D(**pool_args), m.Flatten()], input_shape=(3, 7, 8))
+    plain = copy.deepcopy(model)
+    plain.fuse = False
+    assert len(model._relu_pool_swaps()) == 1
+    x = rng.choice(SPECIAL, (2, 3, 7, 8)).astype(dtype)
+    y = model.forward(x)
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    a = (y, model.backward(dout))
+    b = (plain.forward(x), plain.backward(dout))
+    assert a[0].tobytes() == b[0].tobytes()
+    assert a[1].tobytes() == b[1].tobytes()
+
+
+def test_relu_swap_only_where_exact():
+    """No swap where the result could differ or another layer needs the
+    ReLU's own output: pooling that returns indices (ties among zeroed
+    cells), a possible window of padding alone (dilation with padding),
+    average pooling, a ReLU read twice or that is the model's output."""
+    def swaps(*layers):
+        return m.Sequential(list(layers), input_shape=(1, 6, 6))._relu_pool_swaps()
+    assert len(swaps(m.ReLU(), m.MaxPool2D(3, 2, 1))) == 1
+    assert swaps(m.ReLU(), m.MaxPool2D(2, return_indices=True)) == {}
+    assert swaps(m.ReLU(), m.MaxPool2D(2, padding=1, dilation=2)) == {}
+    assert swaps(m.ReLU(), m.AvgPool2D(2)) == {}
+    assert swaps(m.MaxPool2D(2), m.ReLU()) == {}
+    assert swaps(m.ReLU()) == {}
+    inp = m.Input((1, 6, 6))
+    h = m.ReLU()(inp)
+    branching = m.Model(inp, m.Concat()(m.MaxPool2D(2)(h), m.AvgPool2D(2)(h)))
+    assert branching._relu_pool_swaps() == {}
+    model = m.Sequential([m.ReLU(), m.MaxPool2D(2)], input_shape=(1, 6, 6))
+    model.fuse = False
+    model.forward(np.ones((1, 1, 6, 6), np.float32))
+    assert model.layers[0]._mask.shape == (1, 1, 6, 6)      # fuse off: in the written order
 
 
 def test_only_a_conv_read_by_the_pool_alone_is_fused():

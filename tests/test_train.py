@@ -88,13 +88,13 @@ def test_nan_gradient_is_caught_before_the_update(synthetic_mnist_dir):
     model = small_model()
     trainer = make_trainer(model)
     conv = model.layers[0]
-    # the first layer reads the data: training asks it for parameter gradients only
-    original = conv.backward_params
+    original = model.backward
 
-    def backward_params(d):
-        original(d)
+    def backward(dout, input_grad=True):      # the first conv's dW turns non-finite
+        out = original(dout, input_grad)
         conv.grads["W"][0, 0, 0, 0] = np.inf
-    conv.backward_params = backward_params
+        return out
+    model.backward = backward
     before = {n: p.copy() for n, p in model.named_params()}
     with pytest.raises(NonFiniteError, match=r"conv2d\.W.*epoch 1, step 1"):
         trainer.fit(x, y, 1)
