@@ -113,7 +113,7 @@ def test_relu_before_any_max_pooling_runs_after_it_bit_for_bit(dtype, pool_args)
     padding) inside a model equals the two layers in order: forward values
     and input gradient, bit for bit, on ties, signed zeros, infinities and
     NaN."""
-    rng = np.random.default_rng(sum(map(hash, map(str, pool_args.items()))) % 2**32)
+    rng = np.random.default_rng(len(str(pool_args)) + int(dtype == np.float64))
     model = m.Sequential([m.ReLU(), m.MaxPool2D(**pool_args), m.Flatten()], input_shape=(3, 7, 8))
     plain = copy.deepcopy(model)
     plain.fuse = False
