@@ -100,22 +100,20 @@ def direct_cases(draw):
 ALGORITHMS = {"im2col": 0, "direct": 10**6}
 
 
-def _layer64(C, F, k, s, p, rng, algorithm="im2col", dx_chunk_floats=Conv2D.dx_chunk_floats,
-             cols_chunk_floats=Conv2D.cols_chunk_floats):
+def _layer64(C, F, k, s, p, rng, algorithm="im2col", dx_chunk_floats=Conv2D.dx_chunk_floats):
     layer = Conv2D(C, F, k, stride=s, padding=p).astype(np.float64)
     layer.direct_max_taps = ALGORITHMS[algorithm]
     layer.dx_chunk_floats = dx_chunk_floats
-    layer.cols_chunk_floats = cols_chunk_floats
     layer.params["W"][...] = rng.standard_normal(layer.params["W"].shape)
     layer.params["b"][...] = rng.standard_normal(F)
     return layer
 
 
 # --------------------------------------------------------- forward and backward
-def _check_forward(case, algorithm, cols_chunk_floats=Conv2D.cols_chunk_floats):
+def _check_forward(case, algorithm):
     N, C, F, H, W, k, s, p, seed = case
     rng = np.random.default_rng(seed)
-    layer = _layer64(C, F, k, s, p, rng, algorithm, cols_chunk_floats=cols_chunk_floats)
+    layer = _layer64(C, F, k, s, p, rng, algorithm)
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(x)
     assert layer._direct == (algorithm == "direct" and k == (3, 3) and s == (1, 1))
@@ -125,11 +123,10 @@ def _check_forward(case, algorithm, cols_chunk_floats=Conv2D.cols_chunk_floats):
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
 
 
-def _check_backward(case, algorithm, dx_chunk_floats=Conv2D.dx_chunk_floats,
-                    cols_chunk_floats=Conv2D.cols_chunk_floats):
+def _check_backward(case, algorithm, dx_chunk_floats=Conv2D.dx_chunk_floats):
     N, C, F, H, W, k, s, p, seed = case
     rng = np.random.default_rng(seed)
-    layer = _layer64(C, F, k, s, p, rng, algorithm, dx_chunk_floats, cols_chunk_floats)
+    layer = _layer64(C, F, k, s, p, rng, algorithm, dx_chunk_floats)
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(x)
     dout = rng.standard_normal(y.shape)
@@ -167,44 +164,6 @@ def test_backward_in_chunks_of_samples_matches_naive(case, dx_chunk_floats):
     _check_backward(case, "im2col", dx_chunk_floats)
 
 
-@SETTINGS
-@given(conv_cases(), st.integers(0, 5000))
-def test_forward_in_chunks_of_samples_matches_naive(case, cols_chunk_floats):
-    """The column matrix built and multiplied a few samples at a time (0:
-    the whole batch; 1 up to the whole batch, with a shorter last chunk):
-    the same y, and the dense backward, which builds the whole matrix
-    again, the same dx, dW and db."""
-    _check_forward(case, "im2col", cols_chunk_floats)
-    _check_backward(case, "im2col", cols_chunk_floats=cols_chunk_floats)
-
-
-def test_forward_builds_columns_in_chunks_of_samples(monkeypatch):
-    """Chunks of 2 samples: im2col runs on 2, 2 and 1 samples in forward,
-    and once more on the whole batch when the backward takes the dense
-    GEMMs; with the whole batch in one chunk the backward reuses the
-    forward's matrix."""
-    import minicnn.layers.conv as conv_module
-    sizes = []
-
-    def spy(x, *args):
-        sizes.append(x.shape[0])
-        return K.im2col(x, *args)
-    monkeypatch.setattr(conv_module, "im2col", spy)
-    x = np.random.default_rng(0).standard_normal((5, 2, 4, 4))
-    grads = {}
-    for chunk, fwd, bwd in ((0, [5], []), (2 * 9 * 16 * 2, [2, 2, 1], [5]), (10**9, [5], [])):
-        layer = _layer64(2, 3, 3, 1, 1, np.random.default_rng(1), cols_chunk_floats=chunk)
-        layer.sparse_max_density = 0.0
-        sizes.clear()
-        y = layer.forward(x)
-        assert sizes == fwd
-        sizes.clear()
-        layer.backward(np.random.default_rng(2).standard_normal(y.shape))
-        assert sizes == bwd
-        grads[chunk] = layer.grads["W"].copy()
-    assert grads[0].tobytes() == grads[2 * 9 * 16 * 2].tobytes() == grads[10**9].tobytes()
-
-
 def test_backward_folds_dx_in_chunks_of_samples(monkeypatch):
     import minicnn.layers.conv as conv_module
     sizes = []
@@ -228,7 +187,7 @@ def test_backward_folds_dx_in_chunks_of_samples(monkeypatch):
 def test_backward_of_an_empty_batch():
     for chunk in (Conv2D.dx_chunk_floats, 1, 0):
         layer = Conv2D(2, 3, 3, padding=1)
-        layer.dx_chunk_floats = layer.cols_chunk_floats = chunk
+        layer.dx_chunk_floats = chunk
         y = layer.forward(np.zeros((0, 2, 4, 4), np.float32))
         assert y.shape == (0, 3, 4, 4)
         assert layer.backward(np.zeros(y.shape, np.float32)).shape == (0, 2, 4, 4)

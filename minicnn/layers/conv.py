@@ -11,9 +11,7 @@ Forward (cross-correlation, as in PyTorch)::
     y[n, f, oh, ow] = b[f] + sum_{c,i,j} W[f, c, i, j] * x_pad[n, c, oh*s + i, ow*s + j]
 
 With ``cols = im2col(x)`` of shape (C_in*kH*kW, N*H_out*W_out) and
-``Wm = W.reshape(C_out, -1)`` this is ``Y = Wm @ cols + b``, formed a few
-samples at a time (``Conv2D.cols_chunk_floats``) so that each chunk's
-columns are still in cache when the GEMM reads them.  Backward,
+``Wm = W.reshape(C_out, -1)`` this is ``Y = Wm @ cols + b``.  Backward,
 with ``dY`` the upstream gradient laid out as (C_out, N*H_out*W_out)::
 
     dW = dY @ cols.T          db = dY.sum(axis=1)
@@ -106,19 +104,10 @@ class Conv2D(Layer):
     ``max(1, dx_chunk_floats // (C_in*kH*kW*H_out*W_out))`` samples, so each
     chunk's column matrix (about 4 MiB in float32) is still in cache when
     it is folded; 0 does the whole batch at once.
-
-    ``cols_chunk_floats`` (class attribute, may be set per layer): on the
-    im2col path forward builds the column matrix and multiplies it for
-    chunks of ``max(1, cols_chunk_floats // (C_in*kH*kW*H_out*W_out))``
-    samples (about 2 MiB in float32), so each chunk is still in cache
-    when the GEMM reads it; the whole batch's matrix is built again only
-    when the backward takes the dense GEMMs.  0 does the whole batch at
-    once and keeps its matrix for the backward.
     """
 
     direct_max_taps = 36
     dx_chunk_floats = 1 << 20
-    cols_chunk_floats = 1 << 19
     sparse_max_density = 0.2
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, name=None):
@@ -135,8 +124,7 @@ class Conv2D(Layer):
         self.params = {"W": (W * np.sqrt(2.0 / fan_in)).astype(np.float32),
                        "b": np.zeros(self.out_channels, np.float32)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-        self._cols = None      # im2col path: a chunk's column matrix (reused buffer)
-        self._cols_batch = None  # im2col path: the last forward's whole column matrix, if built
+        self._cols = None      # im2col path: cached column matrix (reused buffer)
         self._xp = None        # direct path: cached padded input (reused buffer)
         self._direct = False   # which path the last forward took
         self._x = None         # im2col path: the input (the sparse backward reads it)
@@ -172,46 +160,15 @@ class Conv2D(Layer):
             run_kernel(conv_direct.forward, x, ph, pw, self.params["W"], self.params["b"], xp, acc, y,
                        size=max(xp.size, y.size))
         else:
+            cols = self._buffer("_cols", (C * kh * kw, N * Ho * Wo), dt)
+            run_kernel(im2col, x, kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
+            y2d = self._buffer("_y2d", (self.out_channels, N * Ho * Wo), dt)
+            np.matmul(self.params["W"].reshape(self.out_channels, -1), cols, out=y2d)
             y = np.empty((N, self.out_channels, Ho * Wo), dt)
-            self._im2col_forward(x, Ho, Wo, y)
+            run_kernel(nchw_from_rows, y2d, self.params["b"], y)
             self._x = x
         self._x_shape = x.shape
         return y.reshape(N, self.out_channels, Ho, Wo)
-
-    def _im2col_forward(self, x, Ho, Wo, y):
-        """``y`` (N, F, Ho*Wo) = ``Wm @ im2col(x) + b``, a chunk of
-        :attr:`cols_chunk_floats` at a time: each chunk's column matrix is
-        written and read by the GEMM while it is still in cache, and the
-        whole batch's is never stored (the dense backward builds it again,
-        :meth:`_columns`)."""
-        N, C = x.shape[:2]
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        F, P, K, dt = self.out_channels, Ho * Wo, C * kh * kw, self.dtype
-        B = self.cols_chunk_floats // (K * P) if self.cols_chunk_floats else N   # K*P > 0: checked
-        B = max(1, min(N, B))
-        Wm = self.params["W"].reshape(F, -1)
-        self._cols_batch = None                  # the whole batch's columns: not built
-        for n0 in range(0, N, B):
-            n1 = min(n0 + B, N)
-            tail = "" if n1 - n0 == B else "_tail"
-            cols = self._buffer("_cols" + tail, (K, (n1 - n0) * P), dt)
-            run_kernel(im2col, x[n0:n1], kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
-            y2d = self._buffer("_y2d" + tail, (F, (n1 - n0) * P), dt)
-            np.matmul(Wm, cols, out=y2d)
-            run_kernel(nchw_from_rows, y2d, self.params["b"], y[n0:n1])
-        if B == N:
-            self._cols_batch = self._cols        # one chunk: the backward can use it as it is
-
-    def _columns(self):
-        """The column matrix (C*kH*kW, N*Ho*Wo) of the last forward's input,
-        built again unless the forward kept it whole."""
-        if self._cols_batch is None:
-            N, C, H, W = self._x_shape
-            (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-            Ho, Wo = window_output_shape(self.name, (H, W), self.kernel_size, self.stride, self.padding)
-            self._cols_batch = self._buffer("_cols_all", (C * kh * kw, N * Ho * Wo), self.dtype)
-            run_kernel(im2col, self._x, kh, kw, sh, sw, ph, pw, Ho, Wo, self._cols_batch)
-        return self._cols_batch
 
     def uses_direct(self, in_channels):
         """Whether forward takes the direct algorithm for this input."""
@@ -276,7 +233,7 @@ class Conv2D(Layer):
             run_kernel(rows_from_maxpool2x2, dout, argmax, Ho, Wo, d2)
         Wm = self.params["W"].reshape(F, -1)
         if not self._direct:
-            np.matmul(d2, self._columns().T, out=self.grads["W"].reshape(F, -1))
+            np.matmul(d2, self._cols.T, out=self.grads["W"].reshape(F, -1))
             np.sum(d2, axis=1, out=self.grads["b"])
             if not input_grad:
                 return None
