@@ -21,8 +21,8 @@ exit.
 
 warm, SciPy hidden: with SciPy installed, Numba imports ``scipy.linalg`` when
 it loads its first kernel (``numba.np.arraymath`` looks for SciPy's BLAS),
-inside the first step: 192 ms of ``python -X importtime`` on this project's
-VM (2026-11-25).  A fresh ``pip install minicnn`` does not bring SciPy, so
+inside the first step: 192 ms of ``python -X importtime`` on the 2-core AMD
+EPYC VM (2026-11-25).  A fresh ``pip install minicnn`` does not bring SciPy, so
 when it is installed each warm run of ``default`` is followed by one with
 ``import scipy`` made to fail (:data:`_HIDE_SCIPY`), on the same cache.  The
 target is judged on the plain warm runs; the other row says how much of them

@@ -97,7 +97,9 @@ class _Graph:
     #: back together with it (:meth:`Conv2D.backward_maxpool2x2`, without
     #: writing the full-resolution gradient).  The values and gradients are
     #: those of the graph as written, bit for bit.  Set ``model.fuse =
-    #: False`` to run every layer, forward and backward, on its own.
+    #: False`` to run every layer, forward and backward, on its own (before
+    #: a forward pass: its backward must run the same way, or a swapped
+    #: ReLU's shape check stops it).
     fuse = True
 
     def _relu_pool_swaps(self) -> dict:
