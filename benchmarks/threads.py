@@ -12,10 +12,12 @@ descheduled thread.
 Each configuration runs in its own subprocess (thread pools are sized at
 start-up) from an environment without any thread variable, then adds its
 own.  The child imports minicnn before numpy (``benchmarks/__init__.py``),
-so ``default`` is what ``minicnn train`` gets: ``OMP_WAIT_POLICY=PASSIVE``
-and ``OPENBLAS_THREAD_TIMEOUT=4`` (minicnn/threads.py); every other row
-changes one thing: OpenMP threads that spin (``ACTIVE``), OpenBLAS threads
-that spin for 2**28 cycles after each product, or one thread in a pool.  The child (``python -m benchmarks.threads --child MODEL``) warms up,
+so ``default`` is what ``minicnn train`` gets: ``OMP_WAIT_POLICY=PASSIVE``,
+``GOMP_SPINCOUNT=10000`` and ``OPENBLAS_THREAD_TIMEOUT=4``
+(minicnn/threads.py); every other row changes one thing: OpenMP threads
+that sleep at once (``PASSIVE`` set by the user, so no spin count) or
+spin (``ACTIVE``), OpenBLAS threads that spin for 2**28 cycles after each
+product, or one thread in a pool.  The child (``python -m benchmarks.threads --child MODEL``) warms up,
 times single training steps and prints a JSON line.  Scenarios: ``quiet``
 (whatever else the machine is doing) and ``contended`` (one busy-loop
 process per CPU, started and ended by us).
@@ -31,6 +33,7 @@ import time
 
 CONFIGS = [   # "default" = minicnn's own settings; every other row changes one thing
     ("default", {}),
+    ("OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}),
     ("OMP_WAIT_POLICY=ACTIVE", {"OMP_WAIT_POLICY": "ACTIVE"}),
     ("OPENBLAS_THREAD_TIMEOUT=28", {"OPENBLAS_THREAD_TIMEOUT": "28"}),
     ("NUMBA_NUM_THREADS=1", {"NUMBA_NUM_THREADS": "1"}),

@@ -1,4 +1,4 @@
-"""Thread configuration: idle OpenMP threads sleep instead of spinning.
+"""Thread configuration: idle OpenMP threads spin briefly, then sleep.
 
 minicnn runs two kinds of parallel code: Numba's ``prange`` kernels (an
 OpenMP pool, ``NUMBA_NUM_THREADS`` threads) and numpy's BLAS matrix
@@ -37,15 +37,50 @@ OpenBLAS reads it once, when numpy loads it: it takes effect when
 minicnn is imported before numpy (``python -m minicnn``, the ``minicnn``
 command, ``python -m benchmarks``); a program that imports numpy first
 can set the variable itself.
+
+Sleeping at once has its own price: waking a sleeping OpenMP thread is a
+futex call, and on a virtual machine each costs tens of microseconds.
+On the 2-core Intel Xeon VM with AVX-512 (2026-11-25), a ReLU over
+100,352 floats took 68-79 us on 2 threads with ``OMP_WAIT_POLICY=PASSIVE``
+against 11 us on one thread, and 9 us on 2 threads whose OpenMP pool
+spun first (``GOMP_SPINCOUNT=1000``).  A training step runs some 20-40
+kernels, so :func:`configure` also sets ``GOMP_SPINCOUNT=10000`` (libgomp,
+which Numba's ``omp`` layer uses on Linux, spins that many times before it
+sleeps; it takes precedence over the wait policy), unless the user set
+``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``.  Milliseconds per training
+step at batch 64 on real MNIST batches, 08:30 UTC: three processes of
+each setting, alternated, each giving the median of five blocks of 150
+(lenet) or 40 (default model) steps:
+
+    GOMP_SPINCOUNT                      lenet          default model
+    0 (OMP_WAIT_POLICY=PASSIVE alone)   2.86-2.91      9.40-10.63
+    3000                                1.80-1.92      7.93-9.04
+    10000 (what minicnn sets)           1.80-1.84      7.69-9.07
+    30000                               1.65-1.73      8.28-8.92
+    100000                              1.70-1.72      9.78-9.99
+    300000 (libgomp's default)          1.72-1.81      11.62-11.94
+
+Longer spins start to take the cores from OpenBLAS's threads in the
+default model's matrix products.  (On the earlier 2-core AMD EPYC VM,
+spins of 300-10000 made no difference its noise let us see, and 100000
+was slower; benchmarks/README.md.)
 """
 from __future__ import annotations
 
 import os
 
 
+#: libgomp's spin count before an idle OpenMP thread sleeps (module docstring).
+GOMP_SPINCOUNT = "10000"
+
+
 def configure() -> None:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` and ``OPENBLAS_THREAD_TIMEOUT=4``,
-    each unless the user set it."""
+    """Set ``OMP_WAIT_POLICY=PASSIVE``, ``GOMP_SPINCOUNT=10000`` and
+    ``OPENBLAS_THREAD_TIMEOUT=4``.  A value the user set always wins, and a
+    user who set either OpenMP variable gets no spin count from us (it
+    would override their wait policy)."""
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 

@@ -794,6 +794,24 @@ def test_minicnn_sets_openblas_thread_timeout_unless_the_user_did(user):
     assert out.stdout.split() == [user or "4", "PASSIVE"]
 
 
+@pytest.mark.parametrize("user, expect", [
+    ({}, ["PASSIVE", "10000"]),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, ["ACTIVE", "unset"]),     # a spin count would override it
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, ["PASSIVE", "unset"]),
+    ({"GOMP_SPINCOUNT": "5"}, ["PASSIVE", "5"]),
+])
+def test_minicnn_sets_gomp_spincount_unless_the_user_chose_an_openmp_wait(user, expect):
+    """minicnn/threads.py: GOMP_SPINCOUNT=10000 only when the user set neither
+    OMP_WAIT_POLICY nor GOMP_SPINCOUNT; their values are kept."""
+    env = {k: v for k, v in _env().items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(user)
+    code = ("import minicnn, os; print(os.environ['OMP_WAIT_POLICY'], "
+            "os.environ.get('GOMP_SPINCOUNT', 'unset'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == expect
+
+
 def test_sparse_backward_count_counts_the_im2col_path_only():
     """The training section's count: every im2col-path conv backward pass,
     and those that took the sparse path; the direct path is not counted."""
