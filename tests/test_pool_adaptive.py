@@ -428,6 +428,29 @@ def test_max_nan_in_first_cell_and_negative_zero():
     assert idx[0, 0, 0, 0] == 0 and np.signbit(y[0, 0, 0, 0])        # the first zero, -0.0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H,W,out", [(14, 14, (4, 4)), (5, 13, (2, 3)), (3, 10, (3, 2)), (2, 3, (1, 2)),
+                                     (1, 5, (1, 1)), (4, 6, (4, 4))])
+def test_max_rows_read_past_their_end_do_not_leak(dtype, H, W, out):
+    """When 4 does not divide W, pass 1 reads each row up to a multiple of 8
+    cells wide, into the next row and plane (kernels/adaptive.py).  Those
+    columns never reach a bin: every plane but the first starts with NaN
+    or +inf (what would win if they did), and the result must be the
+    scan's.  x is a view whose buffer goes on with NaN past x's end (the
+    last planes are read with rows W wide)."""
+    rng = np.random.default_rng(H * 100 + W)
+    P = 7
+    buf = rng.standard_normal((P + 1, H * W)).astype(dtype)
+    buf[1::2, 0] = np.nan                            # the first cells of planes 1..P-1
+    buf[2::2, 0] = np.inf
+    buf[P] = np.nan                                  # past x's end
+    x = buf[:P].reshape(1, P, H, W)
+    y, idx = AdaptiveMaxPool2D(out, return_indices=True).forward(x)
+    ry, ridx = scan_max(np.ascontiguousarray(x), *out)
+    np.testing.assert_array_equal(idx, ridx)
+    np.testing.assert_array_equal(y.view(np.uint8), ry.view(np.uint8))
+
+
 def _avg_backward_by_the_rule(dout, shape):
     """``dx = 0``, then each bin in row-major order adds ``dout/|bin|`` (in
     float64) to its cells, rounded to dx's dtype after each addition."""

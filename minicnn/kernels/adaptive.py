@@ -20,11 +20,13 @@ size from the shape of ``dx`` (backward).  ``argmax`` holds the flat index
 Parallel contract (every kernel here): prange over the N*C planes, or
 over runs or blocks of consecutive planes; each iteration writes only its
 own planes (and its own row of any scratch array, allocated before the
-loop), so overlapping bins in the backward passes cannot race.  Accumulation is in float64 whatever the
-input dtype; the result is stored in the output's dtype.  Arrays are
-C-contiguous (the layers pass them so); kernels view each plane flat or as
-(H, W) rows and loop over contiguous cells from index 0, the loops the
-compiler vectorises.
+loop), so overlapping bins in the backward passes cannot race.  (Adaptive
+max pooling's first pass also reads a few cells past a row's end, into
+the next row or plane, and never uses them.)  Accumulation is in float64
+whatever the input dtype; the result is stored in the output's dtype.
+Arrays are C-contiguous (the layers pass them so); kernels view each plane
+flat or as (H, W) rows and loop over contiguous cells from index 0, the
+loops the compiler vectorises.
 """
 import numpy as np
 from numba import njit, prange
@@ -464,49 +466,131 @@ def _order_key(bits, q):
 
 
 @njit(cache=True, inline='always')
-def _column_winners(src, s, W, hs, he, colmax, colarg, p):
-    """Pass 1 of :func:`_adaptive_max_forward` for one plane: ``src[s]``
-    (H, Wr) is the plane (``Wr = W``, or more: rows padded past column W),
-    and for each row bin i, ``colmax[p, i, w]`` / ``colarg[p, i, w]``
-    become the winner of column w over the bin's rows and its flat index
-    ``h * W + w`` (first maximum, or last NaN), for w < Wr.  Indexed as 3-D
-    arrays: through 2-D views of them the compiler no longer vectorised
-    the row loop (64x64x14x14 -> 4x4: 851 -> 1180 µs).  Three rows per
+def _column_winners(xw, base, W, Wr, hs, he, colmax, colarg, c):
+    """Pass 1 of :func:`_adaptive_max_forward` for one plane: the plane is
+    ``xw[base:base + H*W]`` (``xw`` all of x, flat), read as rows of ``Wr``
+    cells from each row's start (``Wr`` may exceed W: the cells past the
+    row are the next row's, and their columns' winners are never read).
+    For each row bin i, ``colmax[c, i, w]`` / ``colarg[c, i, w]`` become
+    the winner of column w over the bin's rows and its flat index
+    ``h * W + w`` (first maximum, or last NaN), for w < Wr.  Three rows per
     loop along the row, keeping the winners in registers between them:
-    588 -> 542 µs against one row per loop (the whole forward,
-    64x64x14x14 -> 4x4, float32; 28x28: 469 -> 423)."""
-    Wr = src.shape[2]
-    u = np.uint64                                  # uint64 rows: kernels/__init__
+    588 -> 542 µs against one row per loop (the whole forward of that
+    time, 64x64x14x14 -> 4x4, float32; 28x28: 469 -> 423)."""
+    u = np.uint64                                  # uint64 offsets: kernels/__init__
     for i in range(hs.shape[0]):
         h0, h1 = hs[i], he[i]
+        r = xw[u(base + h0 * W):u(base + h0 * W + Wr)]
         for w in range(Wr):
-            colmax[p, i, w] = src[s, h0, w]
-            colarg[p, i, w] = h0 * W + w
+            colmax[c, i, w] = r[w]
+            colarg[c, i, w] = h0 * W + w
         h = h0 + 1
         while h1 - h >= 3:                         # three rows per loop, stored once
+            r0 = xw[u(base + h * W):u(base + h * W + Wr)]
+            r1 = xw[u(base + (h + 1) * W):u(base + (h + 1) * W + Wr)]
+            r2 = xw[u(base + (h + 2) * W):u(base + (h + 2) * W + Wr)]
             for w in range(Wr):
-                m = colmax[p, i, w]
-                a = colarg[p, i, w]
-                v = src[s, u(h), w]
+                m = colmax[c, i, w]
+                a = colarg[c, i, w]
+                v = r0[w]
                 take = (v > m) | (v != v)          # no short-circuit: vectorises
                 m = v if take else m
                 a = h * W + w if take else a
-                v = src[s, u(h + 1), w]
+                v = r1[w]
                 take = (v > m) | (v != v)
                 m = v if take else m
                 a = (h + 1) * W + w if take else a
-                v = src[s, u(h + 2), w]
+                v = r2[w]
                 take = (v > m) | (v != v)
-                colmax[p, i, w] = v if take else m
-                colarg[p, i, w] = (h + 2) * W + w if take else a
+                colmax[c, i, w] = v if take else m
+                colarg[c, i, w] = (h + 2) * W + w if take else a
             h += 3
         while h < h1:
+            r0 = xw[u(base + h * W):u(base + h * W + Wr)]
             for w in range(Wr):
-                v = src[s, u(h), w]
-                take = (v > colmax[p, i, w]) | (v != v)
-                colmax[p, i, w] = v if take else colmax[p, i, w]
-                colarg[p, i, w] = h * W + w if take else colarg[p, i, w]
+                v = r0[w]
+                take = (v > colmax[c, i, w]) | (v != v)
+                colmax[c, i, w] = v if take else colmax[c, i, w]
+                colarg[c, i, w] = h * W + w if take else colarg[c, i, w]
             h += 1
+
+
+@njit(cache=True, inline='always')
+def _bins_by_key(bits, kp, xp, W, hs, he, ws, we, gidx, op, ap):
+    """Pass 2 of :func:`_adaptive_max_forward` for one float32 plane:
+    ``bits`` (oH*Wp,) int32 are the bits of the plane's column winners,
+    ``kp`` (oH*Wp,) int64 their flat indices (overwritten), ``xp`` (H*W,)
+    the plane; writes ``op``, ``ap`` (oH*oW,), the plane's outputs and
+    indices.
+
+    Each column winner becomes its :func:`_order_key` (one loop over the
+    plane's oH*Wp winners), and a bin's answer is the largest key among
+    its columns: the largest value, and of equal values (-0.0 and 0.0
+    included) the smallest flat index -- the first maximum in row-major
+    order, as the scan finds it.  The output is read back from ``x`` at
+    that index (so a zero keeps the first one's sign).  The bins take
+    their keys through a table, ``kp[gidx[d, m]]`` = column ``d`` of bin
+    ``m`` (a narrower bin repeats its last column), in loops over all of a
+    plane's bins; a bin whose largest key is a NaN's scans its cells for
+    the last NaN instead (rare).  The keys overwrite ``kp``, and the bins'
+    largest keys go to ``ap`` until decoded.  64x64x14x14 -> 4x4, the
+    whole forward: 542 -> 439 µs against the float64 pass 2 (values, then
+    indices, column by column within each bin); 64x32x28x28: 423 -> 393."""
+    oW = ws.shape[0]
+    for t in range(kp.shape[0]):
+        kp[t] = _order_key(np.int64(bits[t]), kp[t])
+    for m in range(op.shape[0]):
+        ap[m] = kp[np.uint64(gidx[0, m])]           # uint64: kernels/__init__
+    for d in range(1, gidx.shape[0]):
+        for m in range(op.shape[0]):
+            ap[m] = max(ap[m], kp[np.uint64(gidx[d, m])])
+    for m in range(op.shape[0]):
+        k = 0xFFFFFFFF - (ap[m] & 0xFFFFFFFF)
+        if (ap[m] >> 32) == 0x7FFFFFFF:             # a NaN in the bin: the last NaN
+            i = m // oW
+            j = m - i * oW
+            for h in range(hs[i], he[i]):
+                for w in range(ws[j], we[j]):
+                    q = h * W + w
+                    k = q if xp[q] != xp[q] else k
+        op[m] = xp[np.uint64(k)]
+        ap[m] = k
+
+
+@njit(cache=True, inline='always')
+def _bins_by_scan(cm, ca, xp, ws, we, op, ap):
+    """Pass 2 of :func:`_adaptive_max_forward` for one float64 plane:
+    ``cm``, ``ca`` (oH, Wp) are its column winners and their indices,
+    ``xp`` (H*W,) the plane -> ``op``, ``ap`` (oH, oW).  Each bin:
+    ``best`` = the largest of its columns' winners (``>``: NaN is
+    skipped), then the smallest flat index among the columns holding
+    ``best``; for a zero the value is read back at that index (so -0.0 vs
+    0.0 is the first one's).  If a column winner is NaN (rare), the NaN
+    column with the largest flat index instead (the last NaN)."""
+    u = np.uint64                                   # uint64: kernels/__init__
+    for i in range(op.shape[0]):
+        for j in range(op.shape[1]):
+            w0 = u(ws[j])
+            w1 = u(we[j])
+            best = cm[i, w0]
+            nan = best != best
+            for w in range(w0 + u(1), w1):
+                v = cm[i, w]
+                best = v if v > best else best
+                nan |= v != v
+            k = xp.shape[0]
+            for w in range(w0, w1):
+                a = ca[i, w]
+                k = a if (cm[i, w] == best) & (a < k) else k
+            best = xp[u(k)] if best == 0.0 else best   # -0.0 or 0.0: the first one's
+            if nan:                                     # rare: the last NaN wins
+                k = -1
+                for w in range(w0, w1):
+                    if cm[i, w] != cm[i, w] and ca[i, w] > k:
+                        best = cm[i, w]
+                        k = ca[i, w]
+            op[i, j] = best
+            ap[i, j] = k
 
 
 def _adaptive_max_forward(x, out, argmax):
@@ -521,33 +605,32 @@ def _adaptive_max_forward(x, out, argmax):
     ``v > best or isnan(v)``.
 
     How: the same result as scanning each bin with that comparison, 4x
-    faster (see benchmarks/README.md), in two passes.
-    Pass 1, for each row bin: every column ``w`` of the plane keeps the
-    winner of the bin's rows, ``colmax[w]`` and its flat index
-    ``colarg[w]``, updated row by row with the same comparison over the
-    whole width at once: a branch-free loop over contiguous cells that the
-    compiler vectorises.  A column's winner is its first maximum, or its
-    last NaN.  Pass 2, for each bin: ``best`` = the largest of its columns'
-    winners (``>``: NaN is skipped), then the smallest flat index among the
-    columns holding ``best`` (the first in row-major order; for a zero the
-    value is read back at that index, so -0.0 vs 0.0 is the first one's).
-    Only if a column winner is NaN (rare) is the bin's answer instead the
-    NaN column with the largest flat index (the last NaN in row-major
-    order).  That is pass 2 for float64; float32 gets the same answers
-    from one integer key per column winner (:func:`_max_bins_by_key`).
-    Branch-free selects throughout: a scan with ``if`` spends most of its
-    time on mispredicted branches.  (The passes are separate
-    loops because, fused, the compiler stopped vectorising pass 1.)
+    faster (see benchmarks/README.md), in two passes over each plane, one
+    plane after the other, on scratch rows small enough to stay in the
+    first-level cache.
+    Pass 1 (:func:`_column_winners`), for each row bin: every column ``w``
+    of the plane keeps the winner of the bin's rows, ``colmax[w]`` and its
+    flat index ``colarg[w]``, updated row by row with the same comparison
+    over the whole width at once: a branch-free loop over contiguous cells
+    that the compiler vectorises.  A column's winner is its first maximum,
+    or its last NaN.  Pass 2 combines each bin's column winners
+    (:func:`_bins_by_scan`; float32 gets the same answers from one integer
+    key per column winner, :func:`_bins_by_key`).  Branch-free selects
+    throughout: a scan with ``if`` spends most of its time on mispredicted
+    branches.  (The passes are separate loops because, fused, the compiler
+    stopped vectorising pass 1.)
     Pass 1's row loop is vectorised 4 cells wide here, and a row's last
     ``W % 4`` cells run in scalar code that branches on the data.  So when
-    4 does not divide W, pass 1 reads a copy of each plane whose rows are
-    padded with zeros to a multiple of 8 cells (the pad columns' winners
-    are never read): 64x64x14x14 -> 4x4, 2 threads, 845-852 -> about
-    650-670 µs (benchmarks/README.md).
-    Parallel contract (both passes): prange over the N*C planes (pass 1 on
-    padded copies: over runs of consecutive planes, iteration c using row
-    c of the scratch ``xs``); iteration p writes only plane p of ``out``,
-    ``argmax``, ``colmax`` and ``colarg``.
+    4 does not divide W, pass 1 reads each row ``Wp`` cells wide (W
+    rounded up to a multiple of 8), the cells past the row being the next
+    row's (their columns' winners are never read); only the last planes,
+    where that would read past the end of ``x``, are read W wide.
+    64x64x14x14 -> 4x4, float32, 2 threads: 335 -> 276 µs against passes
+    over all planes with padded copies of them (28x28: 347 -> 265; 24x24:
+    285 -> 242; benchmarks/README.md).
+    Parallel contract: prange over runs of consecutive planes; iteration c
+    uses row c of the scratch ``colmax``, ``colarg`` and writes only its
+    planes of ``out`` and ``argmax``.
 
     Output size 1x1 in float32 (global max pooling): whole planes, each by
     :func:`_global_max_plane` on the plane and its bits (an int32 view):
@@ -576,125 +659,40 @@ def _adaptive_max_forward(x, out, argmax):
             oflat[p] = xflat[p, k]
             aflat[p] = k
         return
-    xp = x.reshape((P, H, W))
+    xw = x.reshape(P * H * W)
     xflat = x.reshape((P, H * W))
-    op = out.reshape((P, oH, oW))
-    ap = argmax.reshape((P, oH, oW))
     hs, he = _bins(H, oH)
     ws, we = _bins(W, oW)
     Wp = W if W % 4 == 0 else (W + 7) // 8 * 8   # row width of pass 1 (docstring)
-    colmax = np.empty((P, oH, Wp), x.dtype)
-    colarg = np.empty((P, oH, Wp), np.int64)
-    if Wp == W:                                   # pass 1: column winners
-        for p in prange(P):
-            _column_winners(xp, p, W, hs, he, colmax, colarg, p)
-    else:                                         # the same on padded copies of the planes
-        n_runs = min(P, PLANE_RUNS)
-        xs = np.empty((n_runs, H, Wp), x.dtype)
-        for c in prange(n_runs):
-            for h in range(H):                    # the padding columns: zero (their column
-                for w in range(W, Wp):            # winners are in no bin that pass 2 reads)
-                    xs[c, h, w] = 0.0
-            p_lo, p_hi = _plane_run(c, n_runs, P)
-            for p in range(p_lo, p_hi):
-                for h in range(H):
-                    for w in range(W):
-                        xs[c, h, w] = xp[p, h, w]
-                _column_winners(xs, c, W, hs, he, colmax, colarg, p)
-    if x.itemsize == 4:                           # pass 2, float32: the largest key per bin
-        _max_bins_by_key(colmax, colarg, xflat, W, hs, he, ws, we, out, argmax)
-        return
-    for p in prange(P):                           # pass 2 (float64): combine each bin's columns
-        for i in range(oH):
-            for j in range(oW):
-                w0 = np.uint64(ws[j])                     # uint64: kernels/__init__
-                w1 = np.uint64(we[j])
-                best = colmax[p, i, w0]
-                nan = best != best
-                for w in range(w0 + np.uint64(1), w1):
-                    v = colmax[p, i, w]
-                    best = v if v > best else best
-                    nan |= v != v
-                k = H * W
-                for w in range(w0, w1):
-                    a = colarg[p, i, w]
-                    k = a if (colmax[p, i, w] == best) & (a < k) else k
-                best = xflat[p, np.uint64(k)] if best == 0.0 else best   # -0.0 or 0.0: the first one's
-                if nan:                                   # rare: the last NaN wins
-                    k = -1
-                    for w in range(w0, w1):
-                        if colmax[p, i, w] != colmax[p, i, w] and colarg[p, i, w] > k:
-                            best = colmax[p, i, w]
-                            k = colarg[p, i, w]
-                op[p, i, j] = best
-                ap[p, i, j] = k
-
-
-@njit(parallel=True, cache=True)
-def _max_bins_by_key(colmax, colarg, xflat, W, hs, he, ws, we, out, argmax):
-    """Pass 2 of :func:`_adaptive_max_forward` for float32: ``colmax``,
-    ``colarg`` (P, oH, Wp) are the column winners of pass 1 (``colarg`` is
-    overwritten), ``xflat`` the input (P, H*W), W its width; writes
-    ``out`` and ``argmax`` (N, C, oH, oW).  Compiled on its own (the
-    forward calls it), with its own prange loop.
-
-    Each column winner becomes its :func:`_order_key` (one loop over the
-    plane's oH*Wp winners), and a bin's answer is the largest key among
-    its columns: the largest value, and of equal values (-0.0 and 0.0
-    included) the smallest flat index -- the first maximum in row-major
-    order, as the scan finds it.  The output is read back from ``x`` at
-    that index (so a zero keeps the first one's sign).  The bins take
-    their keys through a table, ``key[gidx[d, m]]`` = column ``d`` of bin
-    ``m`` (a narrower bin repeats its last column), in loops over all of a
-    plane's bins; a bin whose largest key is a NaN's scans its cells for
-    the last NaN instead (rare).  No scratch: the keys overwrite
-    ``colarg`` and the bins' largest keys go to ``argmax`` until decoded.
-    64x64x14x14 -> 4x4, the whole forward: 542 -> 439 µs against the
-    float64 pass 2 (values, then indices, column by column within each
-    bin); 64x32x28x28: 423 -> 393.  (Keys in place of a separate keys
-    array, and no pad column: 423 -> 412 µs on 14x14.)
-    Parallel contract: prange over the N*C planes; iteration p writes only
-    plane p of ``out``, ``argmax`` and ``colarg``.
-    """
-    P = colmax.shape[0]
-    oH = colmax.shape[1]
-    Wp = colmax.shape[2]
-    oW = ws.shape[0]
+    P_wide = P                                    # planes read Wp wide: all but the last few
+    while P_wide > 0 and (P_wide - 1) * H * W + (H - 1) * W + Wp > P * H * W:
+        P_wide -= 1
     nbins = oH * oW
     kw = 0
     for j in range(oW):
         kw = max(kw, we[j] - ws[j])
-    n = oH * Wp
-    gidx = np.empty((kw, nbins), np.int64)          # column d of bin m (a narrower bin repeats its last)
+    gidx = np.empty((kw, nbins), np.int64)        # column d of bin m (a narrower bin repeats its last)
     for i in range(oH):
         for j in range(oW):
             for d in range(kw):
                 gidx[d, i * oW + j] = i * Wp + ws[j] + min(d, we[j] - ws[j] - 1)
-    bits = colmax.reshape((P, n)).view(np.int32)
-    keys = colarg.reshape((P, n))                   # each winner's index becomes its key, in place
+    n_runs = min(P, PLANE_RUNS)
+    colmax = np.empty((n_runs, oH, Wp), x.dtype)
+    colarg = np.empty((n_runs, oH, Wp), np.int64)
+    bits = colmax.reshape((n_runs, oH * Wp)).view(np.int32)   # float32 winners' bits (unused for float64)
+    keys = colarg.reshape((n_runs, oH * Wp))
     of = out.reshape((P, nbins))
-    af = argmax.reshape((P, nbins))                 # first the bins' largest keys, then their indices
-    for p in prange(P):
-        kp = keys[p]
-        for t in range(n):
-            kp[t] = _order_key(np.int64(bits[p, t]), kp[t])
-        tp = af[p]
-        for m in range(nbins):
-            tp[m] = kp[np.uint64(gidx[0, m])]       # uint64: kernels/__init__
-        for d in range(1, kw):
-            for m in range(nbins):
-                tp[m] = max(tp[m], kp[np.uint64(gidx[d, m])])
-        for m in range(nbins):
-            k = 0xFFFFFFFF - (tp[m] & 0xFFFFFFFF)
-            if (tp[m] >> 32) == 0x7FFFFFFF:             # a NaN in the bin: the last NaN
-                i = m // oW
-                j = m - i * oW
-                for h in range(hs[i], he[i]):
-                    for w in range(ws[j], we[j]):
-                        q = h * W + w
-                        k = q if xflat[p, q] != xflat[p, q] else k
-            of[p, m] = xflat[p, np.uint64(k)]
-            af[p, m] = k
+    af = argmax.reshape((P, nbins))
+    op = out.reshape((P, oH, oW))
+    ap = argmax.reshape((P, oH, oW))
+    for c in prange(n_runs):
+        p_lo, p_hi = _plane_run(c, n_runs, P)
+        for p in range(p_lo, p_hi):
+            _column_winners(xw, p * H * W, W, Wp if p < P_wide else W, hs, he, colmax, colarg, c)
+            if x.itemsize == 4:
+                _bins_by_key(bits[c], keys[c], xflat[p], W, hs, he, ws, we, gidx, of[p], af[p])
+            else:
+                _bins_by_scan(colmax[c], colarg[c], xflat[p], ws, we, op[p], ap[p])
 
 
 @njit(cache=True, inline='always')
