@@ -5,12 +5,12 @@ OpenMP pool, ``NUMBA_NUM_THREADS`` threads) and numpy's BLAS matrix
 products (OpenBLAS's own pool).  By default the OpenMP threads spin for a
 while after every kernel, so on a 2-core machine the BLAS call that comes
 next competes with them for the cores.  Setting ``OMP_WAIT_POLICY=PASSIVE``
-removes that fight.  Measured on this project's 2-core machine, idle, one
-training step at batch 64 (median of 150):
+removes that fight.  Measured on this project's first machine (a 2-core AMD
+EPYC VM), 2026-11-23, idle, one training step at batch 64 (median of 150):
 
     configuration                         lenet      default model
     OpenMP default wait, BLAS 2 threads   39.9 ms    95.0 ms
-    OMP_WAIT_POLICY=PASSIVE, BLAS 2       10.5 ms    50.0 ms   <- what minicnn sets
+    OMP_WAIT_POLICY=PASSIVE, BLAS 2       10.5 ms    50.0 ms   <- minicnn's policy
     PASSIVE, OPENBLAS_NUM_THREADS=1       10.0 ms    60.9 ms
     NUMBA_NUM_THREADS=1                   10.5 ms    62.5 ms
 
