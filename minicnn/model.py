@@ -97,10 +97,27 @@ class _Graph:
     #: back together with it (:meth:`Conv2D.backward_maxpool2x2`, without
     #: writing the full-resolution gradient).  The values and gradients are
     #: those of the graph as written, bit for bit.  Set ``model.fuse =
-    #: False`` to run every layer, forward and backward, on its own (before
-    #: a forward pass: its backward must run the same way, or a swapped
-    #: ReLU's shape check stops it).
+    #: False`` to run every layer, forward and backward, on its own.  A
+    #: forward pass records which rewrites it made (:meth:`_plan`), and the
+    #: backward after it follows that record, so toggling ``fuse`` in
+    #: between takes effect at the next forward pass.
     fuse = True
+    _last_plan: tuple | None = None
+
+    def __getstate__(self):
+        """Copies and pickles leave the record out: it is keyed by the
+        ``id`` of this graph's nodes, which a copy does not share."""
+        state = self.__dict__.copy()
+        state.pop("_last_plan", None)
+        return state
+
+    def _plan(self) -> tuple:
+        """``(swaps, fused)``: :meth:`_relu_pool_swaps` and
+        :meth:`_conv_pool_pairs` with :attr:`fuse`, else two empty dicts."""
+        if not self.fuse:
+            return {}, {}
+        swaps = self._relu_pool_swaps()
+        return swaps, self._conv_pool_pairs(swaps)
 
     def _relu_pool_swaps(self) -> dict:
         """{id(pool node): ReLU node} for each ReLU whose output only a
@@ -155,7 +172,8 @@ class _Graph:
 
     def forward(self, x):
         values = {id(self._input): x}
-        swaps = self._relu_pool_swaps() if self.fuse else {}
+        self._last_plan = self._plan()
+        swaps = self._last_plan[0]
         skipped = {id(relu) for relu in swaps.values()}
         try:
             for node in self._nodes[1:]:
@@ -180,13 +198,13 @@ class _Graph:
         ``input_grad=False`` (training: nobody needs the gradient with
         respect to the data) returns None and lets the layers that read
         only the input compute just their parameter gradients
-        (:meth:`Layer.backward_params`).  With :attr:`fuse`, a pooling
-        whose ReLU ran after it goes back through that ReLU first, and a
-        Conv2D whose output only a plain 2x2 MaxPool2D reads goes back
-        together with it (:meth:`Conv2D.backward_maxpool2x2`)."""
+        (:meth:`Layer.backward_params`).  The rewrites are those the last
+        forward pass made (:attr:`fuse`): a pooling whose ReLU ran after it
+        goes back through that ReLU first, and a Conv2D whose output only a
+        plain 2x2 MaxPool2D reads goes back together with it
+        (:meth:`Conv2D.backward_maxpool2x2`)."""
         grads = {id(self._output): dout}
-        swaps = self._relu_pool_swaps() if self.fuse else {}
-        fused = self._conv_pool_pairs(swaps) if self.fuse else {}
+        swaps, fused = self._last_plan if self._last_plan is not None else self._plan()
         for node in reversed(self._nodes[1:]):
             g = grads.pop(id(node), None)
             if g is None:  # node does not reach the output, went back with its pool, or is a swapped ReLU

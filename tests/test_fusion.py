@@ -205,3 +205,26 @@ def test_rows_from_maxpool2x2_against_its_definition(Ho, Wo):
         rows = np.full((F, N * P), np.nan, np.float32)
         kernel(dout, winners, Ho, Wo, rows)
         assert rows.tobytes() == want.tobytes()
+
+
+def test_backward_follows_the_rewrites_of_its_forward():
+    """The backward uses the plan its forward recorded: turning ``fuse`` off
+    in between changes nothing until the next forward, and a copy made
+    between them (whose nodes are new) plans again and gets the same
+    gradients."""
+    m.manual_seed(0)
+    model = m.Sequential([m.Conv2D(1, 2, 3, padding=1), m.ReLU(), m.MaxPool2D(2), m.Flatten(),
+                          m.Dense(2 * 3 * 3, 3)], input_shape=(1, 6, 6))
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6)).astype(np.float32)
+    dout = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
+    model.forward(x)
+    copied = copy.deepcopy(model)
+    assert copied._last_plan is None and len(model._last_plan[0]) == 1
+    want = model.backward(dout)
+    np.testing.assert_array_equal(copied.backward(dout), want)
+    model.forward(x)
+    model.fuse = False
+    np.testing.assert_array_equal(model.backward(dout), want)
+    model.forward(x)                                  # now unfused, layer by layer
+    assert model._last_plan == ({}, {}) and model.layers[1]._mask.shape == (2, 2, 6, 6)
+    np.testing.assert_array_equal(model.backward(dout), want)
