@@ -780,32 +780,21 @@ def test_one_openmp_runtime_when_numba_starts_before_torch():
     assert out.stdout.split() == ["1"]
 
 
-@pytest.mark.parametrize("user", [None, "10"])
-def test_minicnn_sets_openblas_thread_timeout_unless_the_user_did(user):
-    """minicnn/threads.py: OPENBLAS_THREAD_TIMEOUT=4 and OMP_WAIT_POLICY=PASSIVE
-    by default, a value the user set is kept."""
-    extra = {} if user is None else {"OPENBLAS_THREAD_TIMEOUT": user}
-    env = {k: v for k, v in _env(**extra).items() if k != "OMP_WAIT_POLICY"}
-    if user is None:
-        env.pop("OPENBLAS_THREAD_TIMEOUT", None)
-    code = "import minicnn, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'], os.environ['OMP_WAIT_POLICY'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [user or "4", "PASSIVE"]
-
-
 @pytest.mark.parametrize("user, expect", [
-    ({}, ["PASSIVE", "10000"]),
-    ({"OMP_WAIT_POLICY": "ACTIVE"}, ["ACTIVE", "unset"]),     # a spin count would override it
-    ({"OMP_WAIT_POLICY": "PASSIVE"}, ["PASSIVE", "unset"]),
-    ({"GOMP_SPINCOUNT": "5"}, ["PASSIVE", "5"]),
+    ({}, ["4", "PASSIVE", "10000"]),
+    ({"OPENBLAS_THREAD_TIMEOUT": "10"}, ["10", "PASSIVE", "10000"]),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, ["4", "ACTIVE", "unset"]),     # a spin count would override it
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, ["4", "PASSIVE", "unset"]),
+    ({"GOMP_SPINCOUNT": "5"}, ["4", "PASSIVE", "5"]),
 ])
-def test_minicnn_sets_gomp_spincount_unless_the_user_chose_an_openmp_wait(user, expect):
-    """minicnn/threads.py: GOMP_SPINCOUNT=10000 only when the user set neither
-    OMP_WAIT_POLICY nor GOMP_SPINCOUNT; their values are kept."""
-    env = {k: v for k, v in _env().items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+def test_minicnn_sets_thread_variables_unless_the_user_did(user, expect):
+    """minicnn/threads.py: OPENBLAS_THREAD_TIMEOUT=4, OMP_WAIT_POLICY=PASSIVE
+    and GOMP_SPINCOUNT=10000 by default; a value the user set is kept, and
+    GOMP_SPINCOUNT is set only when the user set neither OpenMP variable."""
+    env = {k: v for k, v in _env().items()
+           if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(user)
-    code = ("import minicnn, os; print(os.environ['OMP_WAIT_POLICY'], "
+    code = ("import minicnn, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'], os.environ['OMP_WAIT_POLICY'], "
             "os.environ.get('GOMP_SPINCOUNT', 'unset'))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
