@@ -498,7 +498,7 @@ def test_3x3_max_kernel_equals_general_kernel(dtype, H, W, s, p, ceil):
 # their compiled signatures; not cached on disk: see K's docstring)
 SERIAL_3x3S2 = {name: njit(getattr(K, "_" + name)) for name in (
     "maxpool2d_3x3s2_forward", "avgpool2d_3x3s2_forward", "avgpool2d_3x3s2_backward",
-    "lppool2d_3x3s2_forward")}
+    "lppool2d_3x3s2_forward", "lppool2d_3x3s2_backward")}
 
 # (H, W, row padding) for the separable 3x3 stride-2 kernel (even W, column
 # padding 1): one-row and two-row planes, odd and even H, the model shapes
@@ -675,9 +675,10 @@ def test_lp_fast_kernels_equal_general_kernels(norm, dtype, H, W, s, ceil):
 @pytest.mark.parametrize("H, W", [(3, 4), (4, 4), (5, 6), (9, 12), (14, 14), (24, 24), (28, 28)])
 def test_lp_3x3s2_kernel_equals_general_kernel(norm, dtype, H, W):
     """The 3x3 stride-2 LP forward (each cell's power once, window sums over
-    the split even/odd columns) gives the general kernel's bits: same powers,
-    same sums in the same order; signed inputs (NaN for odd and fractional
-    p, as C pow), zeros, a NaN, infinities; threaded and serial."""
+    the split even/odd columns) and backward (share sums in gather form) give
+    the general kernels' bits: same powers, same sums in the same order;
+    signed inputs (NaN for odd and fractional p, as C pow), zeros, a NaN,
+    infinities, windows with sums == 0; threaded and serial."""
     from minicnn.layers.geometry import output_size
     rng = np.random.default_rng(H * 100 + W)
     x = rng.standard_normal((5, H, W)).astype(dtype)
@@ -695,24 +696,35 @@ def test_lp_3x3s2_kernel_equals_general_kernel(norm, dtype, H, W):
         for a, b in zip(got, want):                     # bit for bit, but for NaN's sign bit
             nan = np.isnan(a)
             assert np.array_equal(nan, np.isnan(b)) and a[~nan].tobytes() == b[~nan].tobytes()
+    dout = rng.standard_normal((5, Ho, Wo)).astype(dtype)
+    dout[0, 0, 0] = 0.0                                 # a zero share among nonzero ones
+    dx_want = np.full(x.shape, 7, dtype)
+    K.lppool2d_backward(dout, x, *want, norm, 3, 3, 2, 2, dx_want)
+    for kernel in (K.lppool2d_3x3s2_backward, SERIAL_3x3S2['lppool2d_3x3s2_backward']):
+        dx = np.full(x.shape, 7, dtype)
+        kernel(dout, x, *want, norm, dx)
+        nan = np.isnan(dx)
+        assert np.array_equal(nan, np.isnan(dx_want))
+        assert dx[~nan].tobytes() == dx_want[~nan].tobytes()
 
 
-def test_lp_3x3s2_kernel_is_used_where_it_applies(monkeypatch):
+def test_lp_3x3s2_kernels_are_used_where_they_apply(monkeypatch):
     import minicnn.layers.pooling as LP
     calls = []
-    real = K.lppool2d_3x3s2_forward
-
-    def spy(*args):
-        calls.append(args[0].shape)
-        return real(*args)
-    monkeypatch.setattr(LP.K, "lppool2d_3x3s2_forward", spy)
+    for name in ("lppool2d_3x3s2_forward", "lppool2d_3x3s2_backward"):
+        def spy(*args, real=getattr(K, name), name=name):
+            calls.append(name)
+            return real(*args)
+        monkeypatch.setattr(LP.K, name, spy)
     x = np.abs(np.random.default_rng(0).standard_normal((2, 3, 9, 10))).astype(np.float32)
-    LPPool2D(2, 3, 2).forward(x)
-    assert len(calls) == 1
-    LPPool2D(2, 3, 2, ceil_mode=True).forward(x)       # an extra, partial window
-    LPPool2D(2, 3, 2).forward(x[..., :9])               # odd width
-    LPPool2D(2, 3, 1).forward(x)
-    assert len(calls) == 1
+    for layer, xs, used in ((LPPool2D(2, 3, 2), x, True),
+                            (LPPool2D(2, 3, 2, ceil_mode=True), x, False),   # a partial window
+                            (LPPool2D(2, 3, 2), x[..., :9], False),          # odd width
+                            (LPPool2D(2, 3, 1), x, False)):
+        calls.clear()
+        y = layer.forward(xs)
+        layer.backward(np.ones_like(y))
+        assert calls == (["lppool2d_3x3s2_forward", "lppool2d_3x3s2_backward"] if used else [])
 
 
 def test_lp_float32_powers_are_float64():

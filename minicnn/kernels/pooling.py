@@ -35,7 +35,8 @@ from minicnn.kernels.lp_pooling import (  # noqa: F401
     _lppool2d_2x2_forward, _lppool2d_3x3_forward, _lppool2d_backward, _lppool2d_3x3_backward,
     _lppool2d_2x2_backward, lppool2d_forward, lppool2d_2x2_forward, lppool2d_3x3_forward,
     lppool2d_backward, lppool2d_2x2_backward, lppool2d_3x3_backward, _lp_split,
-    _lppool2d_3x3s2_forward, lppool2d_3x3s2_forward
+    _lppool2d_3x3s2_forward, lppool2d_3x3s2_forward, _lppool2d_3x3s2_backward,
+    lppool2d_3x3s2_backward, _lp_times_power
 )
 from minicnn.kernels.mixed_pooling import (  # noqa: F401
     _mixedpool2d_3x3_forward, _mixedpool2d_combine, _mixedpool2d_backward_combine,

@@ -36,7 +36,8 @@ compiled by name at the bottom of its module:
 so a second cached build of the same function would share its entries.)
 All kernels accept float32 and float64 arrays; index arrays are int64.
 Average pooling computes in the planes' dtype, as PyTorch does; LP powers
-and sums are float64.  The 2x2 kernels (kernel 2, stride 2, no
+and sums are float64 (the LP backward's share sums, like average pooling's,
+are in the planes' dtype).  The 2x2 kernels (kernel 2, stride 2, no
 padding, every window full) and 3x3 kernels (any stride, padding <= 1) are
 the common cases written out tap by tap: the general kernels' tap loops
 run only 2 or 3 times per window and cost more than the arithmetic.  They

@@ -369,8 +369,10 @@ class LPPool2D(_Pool):
     ``norm_type`` = inf gives ``max |x|`` and -inf ``min |x|`` (PyTorch's
     special cases, computed through max pooling).
 
-    Backward: ``dx[window] += dout * c * x**(p-1) * y / s`` with
-    ``s = c * sum x**p`` and ``c = kh*kw/n``; 0 where ``s == 0`` (as PyTorch
+    Backward: each window's share ``g = dout * c * y / s``, with ``s = c *
+    sum x**p`` and ``c = kh*kw/n``, is summed per cell into ``S``, and ``dx
+    = S * x**(p-1)`` (PyTorch's order); a window with ``s == 0`` sends
+    nothing (its gradient is 0, as PyTorch
     documents).  For p = +-inf: ``dx[argmax] += dout * sign(x[argmax])``.
     """
 
@@ -389,6 +391,11 @@ class LPPool2D(_Pool):
         return {"norm_type": self.norm_type, "kernel_size": self.kernel_size,
                 "stride": self.stride, "ceil_mode": self.ceil_mode}
 
+    def _3x3s2(self, H, W, Ho, Wo):
+        """Whether the 3x3 stride-2 kernels apply: even W, every window full."""
+        return (self.kernel_size == (3, 3) and self.stride == (2, 2) and W % 2 == 0
+                and Wo == W // 2 - 1 and Ho == (H - 3) // 2 + 1)
+
     def forward(self, x):
         """x: (N, C, H, W) -> y: (N, C, H_out, W_out)."""
         x = self._as_input(x, 4)
@@ -402,8 +409,7 @@ class LPPool2D(_Pool):
             sums = np.empty_like(y)
             if _common_2x2(self.kernel_size, self.stride, (0, 0), (1, 1), (H, W), (Ho, Wo)):
                 run_kernel(K.lppool2d_2x2_forward, xp, self.norm_type, y, sums)
-            elif (self.kernel_size == (3, 3) and self.stride == (2, 2) and W % 2 == 0
-                  and Wo == W // 2 - 1 and Ho == (H - 3) // 2 + 1):
+            elif self._3x3s2(H, W, Ho, Wo):
                 run_kernel(K.lppool2d_3x3s2_forward, xp, self.norm_type, y, sums)
             elif self.kernel_size == (3, 3):
                 run_kernel(K.lppool2d_3x3_forward, xp, self.norm_type, sh, sw, y, sums)
@@ -429,6 +435,8 @@ class LPPool2D(_Pool):
             xp, y, sums = self._cache
             if _common_2x2(self.kernel_size, self.stride, (0, 0), (1, 1), xp.shape[1:], y.shape[1:]):
                 run_kernel(K.lppool2d_2x2_backward, d, xp, y, sums, self.norm_type, dx)
+            elif self._3x3s2(*xp.shape[1:], *y.shape[1:]):
+                run_kernel(K.lppool2d_3x3s2_backward, d, xp, y, sums, self.norm_type, dx)
             elif self.kernel_size == (3, 3):
                 run_kernel(K.lppool2d_3x3_backward, d, xp, y, sums, self.norm_type, sh, sw, dx)
             else:
