@@ -120,6 +120,8 @@ CASES: list[Case] = [
     Case("AvgPool2D divisor_override", lambda r: (m.AvgPool2D(2, 1, divisor_override=3), _x(r, 2, 2, 5, 5), None)),
     Case("LPPool2D p=2", lambda r: (m.LPPool2D(2, 2), _x(r, 2, 2, 6, 6, positive=True), None)),
     Case("LPPool2D p=3 overlapping", lambda r: (m.LPPool2D(3, 3, 2), _x(r, 2, 2, 7, 7, positive=True), None)),
+    Case("LPPool2D p=2 3x3 s2, even width", lambda r: (m.LPPool2D(2, 3, 2), _x(r, 2, 2, 7, 8, positive=True),
+                                                      None)),
     Case("MixedPool2D", lambda r: (m.MixedPool2D(2, alpha=0.3), _x(r, 2, 2, 6, 6), None)),
     Case("MixedPool2D learnable alpha", lambda r: (m.MixedPool2D(3, 2, alpha=0.6, learnable=True),
                                                    _x(r, 2, 2, 7, 7), None)),
