@@ -5,8 +5,9 @@ Conventions (planes, geometry, parallel contract): :mod:`minicnn.kernels.window`
 import numpy as np
 from numba import njit, prange
 
-from minicnn.kernels.window import (PLANE_RUNS, _avg_divisor, _avg_extents, _inner_windows,
-                                    _output_cells, _plane_run, _zero_uncovered_2x2)
+from minicnn.kernels.window import (PLANE_RUNS, _add9, _avg_divisor, _avg_extents, _inner_windows,
+                                    _output_cells, _plane_run, _window_rows_3x3s2,
+                                    _zero_uncovered_2x2)
 
 
 # --------------------------------------------------------------------- average
@@ -311,16 +312,7 @@ def _avgpool2d_3x3_backward(dout, sh, sw, ph, pw, count_include_pad, divisor_ove
                 if inner:
                     for ow in range(lo, hi):
                         w = ow * sw - pw
-                        g = dout[p, oh, ow] / div9
-                        dx[p, h, w] += g
-                        dx[p, h, w + 1] += g
-                        dx[p, h, w + 2] += g
-                        dx[p, h + 1, w] += g
-                        dx[p, h + 1, w + 1] += g
-                        dx[p, h + 1, w + 2] += g
-                        dx[p, h + 2, w] += g
-                        dx[p, h + 2, w + 1] += g
-                        dx[p, h + 2, w + 2] += g
+                        _add9(dx, p, h, w, dout[p, oh, ow] / div9)
                     continue
                 for ow in range(lo, hi):
                     w_lo, w_hi = w_los[ow], w_his[ow]
@@ -359,16 +351,7 @@ def _avgpool2d_3x3s2_backward(dout, ph, count_include_pad, divisor_override, dx)
     dt = dx.dtype.type
     D = _avg_divisor_table(H, W, H_out, W_out, 3, 3, 2, 2, ph, 1, count_include_pad,
                            divisor_override, dx)
-    lohi = np.empty((H, 2), np.int64)        # offsets in g of each row's window rows, in order
-    for r in range(H):
-        lo = hi = H_out                      # H_out: the row of -0.0
-        for oh in range(H_out):
-            if 2 * oh - ph <= r <= 2 * oh - ph + 2:
-                if lo == H_out:
-                    lo = oh
-                else:
-                    hi = oh
-        lohi[r, 0], lohi[r, 1] = lo * Wg, hi * Wg
+    lohi = _window_rows_3x3s2(H, H_out, ph, Wg)     # each row's window rows in g (H_out: -0.0)
     n_chunks = min(P, PLANE_RUNS)
     G = np.full((n_chunks, (H_out + 1) * Wg), -0.0, dx.dtype)
     no = H_out * W_out

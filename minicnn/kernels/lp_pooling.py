@@ -7,8 +7,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from minicnn.kernels.window import (PLANE_RUNS, _avg_extents, _inner_windows, _output_cells,
-                                    _plane_run, _zero_uncovered_2x2)
+from minicnn.kernels.window import (PLANE_RUNS, _add9, _avg_extents, _inner_windows, _output_cells,
+                                    _plane_run, _window_rows_3x3s2, _zero_uncovered_2x2)
 
 
 @njit(cache=True, inline='always')
@@ -80,20 +80,6 @@ def _lp_sum9(x, p, h, w, norm_type):
     s += _power(np.float64(x[p, h + 2, w + 1]), norm_type)
     s += _power(np.float64(x[p, h + 2, w + 2]), norm_type)
     return s
-
-
-@njit(cache=True, inline='always')
-def _lp_add9(dx, p, h, w, g):
-    """``dx[p, h:h+3, w:w+3] += g``, cell by cell, row-major."""
-    dx[p, h, w] += g
-    dx[p, h, w + 1] += g
-    dx[p, h, w + 2] += g
-    dx[p, h + 1, w] += g
-    dx[p, h + 1, w + 1] += g
-    dx[p, h + 1, w + 2] += g
-    dx[p, h + 2, w] += g
-    dx[p, h + 2, w + 1] += g
-    dx[p, h + 2, w + 2] += g
 
 
 def _lppool2d_forward(x, norm_type, kh, kw, sh, sw, out, sums):
@@ -372,7 +358,7 @@ def _lppool2d_3x3_backward(dout, x, out, sums, norm_type, sh, sw, dx):
                             g = g * 9 / n
                         _lp_window_backward(dx, p, h_lo, h_hi, w_lo, w_hi, g)
                         continue
-                    _lp_add9(dx, p, h, w, g)
+                    _add9(dx, p, h, w, g)
         if pm1 == 1.0:                       # p = 2: a literal 1, the power folds away
             _lp_times_power(flat[p], xf[p], 1.0)
         else:
@@ -407,16 +393,7 @@ def _lppool2d_3x3s2_backward(dout, x, out, sums, norm_type, dx):
     Wg = Wh + 1                              # scratch columns: W_out + 2
     pm1 = norm_type - 1.0
     dt = dx.dtype.type
-    lohi = np.empty((H, 2), np.int64)        # offsets in g of each row's window rows, in order
-    for r in range(H):
-        lo = hi = H_out                      # H_out: the row of zeros
-        for oh in range(H_out):
-            if 2 * oh <= r <= 2 * oh + 2:
-                if lo == H_out:
-                    lo = oh
-                else:
-                    hi = oh
-        lohi[r, 0], lohi[r, 1] = lo * Wg, hi * Wg
+    lohi = _window_rows_3x3s2(H, H_out, 0, Wg)      # each row's window rows in g (H_out: zeros)
     n_chunks = min(P, PLANE_RUNS)
     G = np.empty((n_chunks, (H_out + 1) * Wg), dx.dtype)     # zeroed per run, below
     no = H_out * W_out

@@ -14,7 +14,8 @@ Python reference of the compiled ``name`` (tests build serial versions of
 them with ``njit(_name)``).
 """
 from minicnn.kernels.window import (  # noqa: F401
-    _tap_ranges, _avg_extents, _avg_divisor, _inner_windows, _zero_uncovered_2x2
+    _tap_ranges, _avg_extents, _avg_divisor, _inner_windows, _zero_uncovered_2x2, _add9,
+    _window_rows_3x3s2
 )
 from minicnn.kernels.max_pooling import (  # noqa: F401
     _max_window, _has_nan, _maxpool_plane, _maxpool2d_forward, _max9, _maxpool2d_3x3_forward,
@@ -31,7 +32,7 @@ from minicnn.kernels.avg_pooling import (  # noqa: F401
     _avgpool2d_3x3s2_backward, avgpool2d_3x3s2_forward, avgpool2d_3x3s2_backward
 )
 from minicnn.kernels.lp_pooling import (  # noqa: F401
-    _power, _root, _lp_window, _lp_window_backward, _lp_sum9, _lp_add9, _lppool2d_forward,
+    _power, _root, _lp_window, _lp_window_backward, _lp_sum9, _lppool2d_forward,
     _lppool2d_2x2_forward, _lppool2d_3x3_forward, _lppool2d_backward, _lppool2d_3x3_backward,
     _lppool2d_2x2_backward, lppool2d_forward, lppool2d_2x2_forward, lppool2d_3x3_forward,
     lppool2d_backward, lppool2d_2x2_backward, lppool2d_3x3_backward, _lp_split,

@@ -125,6 +125,42 @@ def _zero_uncovered_2x2(dx, p, H_out, W_out):
             dx[p, h, w] = 0.0
 
 
+@njit(cache=True, inline='always')
+def _add9(dx, p, h, w, g):
+    """``dx[p, h:h+3, w:w+3] += g``, cell by cell, row-major: a 3x3
+    window's share added to its nine cells (the backward kernels' scatter)."""
+    dx[p, h, w] += g
+    dx[p, h, w + 1] += g
+    dx[p, h, w + 2] += g
+    dx[p, h + 1, w] += g
+    dx[p, h + 1, w + 1] += g
+    dx[p, h + 1, w + 2] += g
+    dx[p, h + 2, w] += g
+    dx[p, h + 2, w + 1] += g
+    dx[p, h + 2, w + 2] += g
+
+
+@njit(cache=True)
+def _window_rows_3x3s2(H, H_out, ph, row_len):
+    """``lohi`` (H, 2) int64: for each input row r, the offsets ``oh *
+    row_len`` in a scratch of window rows of the (at most two) windows of a
+    3x3 stride-2 pooling with row padding ``ph`` that hold row r, in order
+    (rows ``2*oh - ph .. 2*oh - ph + 2``); a missing one is ``H_out *
+    row_len``, the scratch's extra row.  Used by the 3x3/2 backward kernels
+    in gather form."""
+    lohi = np.empty((H, 2), np.int64)
+    for r in range(H):
+        lo = hi = H_out
+        for oh in range(H_out):
+            if 2 * oh - ph <= r <= 2 * oh - ph + 2:
+                if lo == H_out:
+                    lo = oh
+                else:
+                    hi = oh
+        lohi[r, 0], lohi[r, 1] = lo * row_len, hi * row_len
+    return lohi
+
+
 PLANE_RUNS = 64
 """How many runs of consecutive planes a kernel with per-run scratch cuts
 its P planes into (fewer if P < 64): enough runs to balance any thread
