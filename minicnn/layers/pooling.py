@@ -106,6 +106,14 @@ def _overlapping_3x3s2(k, s, p, d, x_hw, out_hw) -> bool:
             and out_hw[0] == (x_hw[0] + 2 * p[0] - 3) // 2 + 1)
 
 
+def _lp_3x3s2(k, s, x_hw, out_hw) -> bool:
+    """Kernel 3, stride 2 (LP pooling has no padding), even width and the
+    floor-mode output size, so every window is full (``W_out = W/2 - 1``):
+    the 3x3 stride-2 LP kernels apply (same results as the general ones)."""
+    return (k == (3, 3) and s == (2, 2) and x_hw[1] % 2 == 0
+            and out_hw[1] == x_hw[1] // 2 - 1 and out_hw[0] == (x_hw[0] - 3) // 2 + 1)
+
+
 def _max_3x3s2(k, s, p, d, x_hw, out_hw) -> bool:
     """:func:`_overlapping_3x3s2` on planes of fewer than 2**31 cells: the
     separable 3x3 stride-2 max kernel applies (it keeps in-plane indices
@@ -391,11 +399,6 @@ class LPPool2D(_Pool):
         return {"norm_type": self.norm_type, "kernel_size": self.kernel_size,
                 "stride": self.stride, "ceil_mode": self.ceil_mode}
 
-    def _3x3s2(self, H, W, Ho, Wo):
-        """Whether the 3x3 stride-2 kernels apply: even W, every window full."""
-        return (self.kernel_size == (3, 3) and self.stride == (2, 2) and W % 2 == 0
-                and Wo == W // 2 - 1 and Ho == (H - 3) // 2 + 1)
-
     def forward(self, x):
         """x: (N, C, H, W) -> y: (N, C, H_out, W_out)."""
         x = self._as_input(x, 4)
@@ -409,7 +412,7 @@ class LPPool2D(_Pool):
             sums = np.empty_like(y)
             if _common_2x2(self.kernel_size, self.stride, (0, 0), (1, 1), (H, W), (Ho, Wo)):
                 run_kernel(K.lppool2d_2x2_forward, xp, self.norm_type, y, sums)
-            elif self._3x3s2(H, W, Ho, Wo):
+            elif _lp_3x3s2(self.kernel_size, self.stride, (H, W), (Ho, Wo)):
                 run_kernel(K.lppool2d_3x3s2_forward, xp, self.norm_type, y, sums)
             elif self.kernel_size == (3, 3):
                 run_kernel(K.lppool2d_3x3_forward, xp, self.norm_type, sh, sw, y, sums)
@@ -435,7 +438,7 @@ class LPPool2D(_Pool):
             xp, y, sums = self._cache
             if _common_2x2(self.kernel_size, self.stride, (0, 0), (1, 1), xp.shape[1:], y.shape[1:]):
                 run_kernel(K.lppool2d_2x2_backward, d, xp, y, sums, self.norm_type, dx)
-            elif self._3x3s2(*xp.shape[1:], *y.shape[1:]):
+            elif _lp_3x3s2(self.kernel_size, self.stride, xp.shape[1:], y.shape[1:]):
                 run_kernel(K.lppool2d_3x3s2_backward, d, xp, y, sums, self.norm_type, dx)
             elif self.kernel_size == (3, 3):
                 run_kernel(K.lppool2d_3x3_backward, d, xp, y, sums, self.norm_type, sh, sw, dx)
