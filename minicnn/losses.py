@@ -11,6 +11,8 @@ as large as +-1e4 and beyond.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 
@@ -51,6 +53,8 @@ class SoftmaxCrossEntropy:
         """Gradient of ``dloss * loss`` with respect to the logits."""
         if self._probs is None:
             raise RuntimeError(f"{self.name}.backward called before forward")
+        if isinstance(dloss, (bool, np.bool_)) or not isinstance(dloss, numbers.Real):
+            raise TypeError(f"{self.name}.backward: dloss must be a real number, got {type(dloss).__name__}")
         n = self._probs.shape[0]
         d = self._probs.copy()
         d[np.arange(n), self._labels] -= 1

@@ -159,6 +159,39 @@ def test_non_real_input_is_a_type_error_naming_the_layer(bad):
             layer.forward(bad)
 
 
+def _every_layer():
+    """One of each layer, with an input it accepts."""
+    x4 = np.random.default_rng(0).standard_normal((2, 2, 6, 6))
+    return [(mc.Conv2D(2, 3, 3), x4), (mc.Dense(4, 3), x4[:, 0, 0, :4]), (mc.ReLU(), x4),
+            (mc.Flatten(), x4), (mc.MaxPool2D(2), x4), (mc.MaxPool2D(3, 2, 1), x4),
+            (mc.AvgPool2D(3, 2, 1), x4), (mc.LPPool2D(2, 2), x4), (mc.MixedPool2D(2), x4),
+            (mc.StochasticPool2D(2, seed=0), np.abs(x4)), (mc.FractionalMaxPool2D(2, output_size=3, seed=0), x4),
+            (mc.AdaptiveAvgPool2D(4), x4), (mc.AdaptiveMaxPool2D(4), x4), (mc.GlobalAvgPool2D(), x4),
+            (mc.GlobalMaxPool2D(), x4), (mc.SpatialPyramidPool2D((1, 2)), x4)]
+
+
+@pytest.mark.parametrize("kind", ["complex", "object", "string", "none"])
+def test_non_real_dout_is_a_type_error_naming_the_layer(kind):
+    """backward holds its upstream gradient to forward's dtype rule: a
+    complex, object or string dout (or None) raises, and nothing is cast."""
+    for layer, x in _every_layer():
+        y = layer.forward(x)
+        bad = {"complex": np.ones(y.shape, np.complex128), "object": np.full(y.shape, 1.0, object),
+               "string": np.full(y.shape, "1.5"), "none": None}[kind]
+        with pytest.raises(TypeError, match=rf"{layer.name}\.backward: expected a real-valued dout"):
+            layer.backward(bad)
+        assert layer.backward(np.ones(y.shape, np.int64)).shape == x.shape     # integers are real
+
+
+def test_loss_backward_needs_a_real_dloss():
+    loss = mc.SoftmaxCrossEntropy()
+    loss.forward(np.zeros((2, 3)), np.array([0, 2]))
+    for bad in ("1", None, 1j, True):
+        with pytest.raises(TypeError, match="SoftmaxCrossEntropy.backward: dloss must be a real number"):
+            loss.backward(bad)
+    assert np.allclose(loss.backward(2), 2 * loss.backward(1.0))
+
+
 def test_integer_and_float16_inputs_are_cast_as_documented():
     x = np.arange(16, dtype=np.int32).reshape(1, 1, 4, 4)
     y = mc.MaxPool2D(2).forward(x)

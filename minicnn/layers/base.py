@@ -20,7 +20,8 @@ Input dtype rule (documented once, here): layers compute in float32 or
 float64.  A layer with parameters casts its input to its parameter dtype.
 A layer without parameters keeps float32/float64 input as is and casts
 any other real input (bool, integers, float16) to float32.  Complex,
-object and string arrays raise ``TypeError``.
+object and string arrays raise ``TypeError``, as input and as
+``backward``'s upstream gradient ``dout``.
 """
 from __future__ import annotations
 
@@ -133,8 +134,12 @@ class Layer:
         return x if x.dtype == target else x.astype(target)
 
     def _check_dout(self, dout, shape):
-        """Check that an upstream gradient matches the forward output shape."""
+        """Check that an upstream gradient is a real-valued array (the dtype
+        rule of ``forward``'s input: TypeError otherwise) of the forward
+        output's shape (ValueError otherwise)."""
         dout = np.asarray(dout)
+        if dout.dtype.kind not in "biuf":
+            raise TypeError(f"{self.name}.backward: expected a real-valued dout, got dtype {dout.dtype}")
         if dout.shape != tuple(shape):
             raise ValueError(f"{self.name}.backward: expected dout of shape {tuple(shape)}, got {dout.shape}")
         return dout
