@@ -1021,6 +1021,9 @@ def test_unpool_invalid_arguments():
     many[1, 2, 1, 0] = 17
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\).*found index 17"):
         unpool(np.ones((3, 4, 2, 2)), many)
+    huge = np.array([[[[0, 1], [2, 2**63 + 5]]]], np.uint64)         # not wrapped to a negative
+    with pytest.raises(ValueError, match=rf"indices must lie in \[0, 16\).*found index {2**63 + 5}"):
+        unpool(x, huge)
     with pytest.raises(ValueError, match="indices must have the shape"):
         unpool(x, np.zeros((1, 1, 2, 3), np.int64))
     with pytest.raises(TypeError, match="indices must be integers"):
@@ -1030,3 +1033,29 @@ def test_unpool_invalid_arguments():
         unpool(x, np.zeros((1, 1, 2, 2), np.int64), output_size=(6, 4))
     with pytest.raises(ValueError, match="output_size must be"):
         unpool(x, np.zeros((1, 1, 2, 2), np.int64), output_size=(4, 4, 4))
+
+
+def test_returned_indices_are_the_callers_own():
+    """The indices a pooling layer returns are a copy: changing them does not
+    change the gradient its backward computes (as AdaptiveMaxPool2D and
+    FractionalMaxPool2D already did)."""
+    import minicnn as mc
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6))
+    for layer in (MaxPool2D(2, return_indices=True), MaxPool2D(3, 2, 1, return_indices=True),
+                  mc.AdaptiveMaxPool2D(4, return_indices=True),
+                  mc.FractionalMaxPool2D(2, output_size=4, seed=0, return_indices=True)):
+        y, idx = layer.forward(x)
+        g = np.random.default_rng(1).standard_normal(y.shape)
+        want = layer.backward(g)
+        idx[...] = 0
+        np.testing.assert_array_equal(layer.backward(g), want, err_msg=layer.name)
+
+
+def test_true_false_options_accept_numpy_bools():
+    import minicnn as mc
+    for make in (lambda v: MaxPool2D(2, return_indices=v), lambda v: mc.AdaptiveMaxPool2D(2, return_indices=v),
+                 lambda v: mc.FractionalMaxPool2D(2, output_size=2, return_indices=v),
+                 lambda v: mc.AvgPool2D(2, ceil_mode=v)):
+        assert make(np.True_).config() == make(True).config()
+        with pytest.raises(TypeError, match="must be True or False, got 1"):
+            make(1)

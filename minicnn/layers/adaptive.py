@@ -24,7 +24,7 @@ import numpy as np
 from minicnn.kernels.adaptive import (adaptive_avg_backward, adaptive_avg_forward,
                                       adaptive_max_forward, adaptive_max_merge,
                                       argmax_backward, pyramid_max_backward)
-from minicnn.layers.base import Layer
+from minicnn.layers.base import Layer, flag
 from minicnn.threads import run_kernel
 
 MERGE_WORK_PER_CELL = 4
@@ -142,9 +142,7 @@ class AdaptiveMaxPool2D(Layer):
     def __init__(self, output_size, return_indices=False, name=None):
         super().__init__(name)
         self.output_size = adaptive_output_size(output_size, self.name)
-        if not isinstance(return_indices, bool):
-            raise TypeError(f"{self.name}: return_indices must be a bool, got {return_indices!r}")
-        self.return_indices = return_indices
+        self.return_indices = flag(self.name, "return_indices", return_indices)
         self._argmax = None
 
     def config(self):

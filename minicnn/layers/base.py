@@ -2,10 +2,14 @@
 
 A layer is a small object with
 
-* ``forward(x) -> y`` that caches only what ``backward`` needs (Dense, and
-  Conv2D for its sparse backward, keep the input array itself, not a copy:
-  an input changed in place between forward and backward changes their
-  gradients),
+* ``forward(x) -> y`` that caches only what ``backward`` needs, by
+  reference where it can: Dense, Conv2D (for its sparse backward),
+  LPPool2D and StochasticPool2D in eval mode keep the input array itself,
+  LPPool2D its output ``y`` too, and MaxUnpool2D the ``indices`` it was
+  given (as int64: the caller's array when it already is).  An array
+  changed in place between forward and backward changes the gradient
+  (PyTorch counts versions and raises then; minicnn does not).  Indices a
+  layer returns (``return_indices``) are a copy, the caller's to change,
 * ``backward(dout) -> dx`` that never mutates ``dout`` and stores parameter
   gradients in ``self.grads`` (same keys as ``self.params``),
 * ``params`` / ``grads`` dicts of numpy arrays,
@@ -28,6 +32,14 @@ from __future__ import annotations
 import numpy as np
 
 FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def flag(layer: str, name: str, value) -> bool:
+    """A layer's True/False option: ``bool`` or ``numpy.bool_``, else a
+    TypeError naming the layer and the option."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{layer}: {name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 class Layer:

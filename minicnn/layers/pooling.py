@@ -25,7 +25,7 @@ import numbers
 import numpy as np
 
 from minicnn.kernels import pooling as K
-from minicnn.layers.base import Layer
+from minicnn.layers.base import Layer, flag
 from minicnn.layers.geometry import check_window, pair, window_output_shape
 from minicnn.threads import run_kernel
 
@@ -42,12 +42,6 @@ def _window(layer, kernel_size, stride, padding, dilation=1, max_padding="half")
     d = pair(dilation, "dilation", layer)
     check_window(layer, k, s, p, d, max_padding=max_padding)
     return k, s, p, d
-
-
-def _flag(layer, name, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{layer}: {name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _planes(x):
@@ -185,8 +179,8 @@ class MaxPool2D(_Pool):
         super().__init__(name)
         self.kernel_size, self.stride, self.padding, self.dilation = _window(
             self.name, kernel_size, stride, padding, dilation)
-        self.ceil_mode = _flag(self.name, "ceil_mode", ceil_mode)
-        self.return_indices = _flag(self.name, "return_indices", return_indices)
+        self.ceil_mode = flag(self.name, "ceil_mode", ceil_mode)
+        self.return_indices = flag(self.name, "return_indices", return_indices)
         self._argmax = None
 
     def config(self):
@@ -206,7 +200,7 @@ class MaxPool2D(_Pool):
         self._argmax = argmax
         self._remember(x, (Ho, Wo))
         y = y.reshape(N, C, Ho, Wo)
-        return (y, argmax.reshape(N, C, Ho, Wo)) if self.return_indices else y
+        return (y, argmax.reshape(N, C, Ho, Wo).copy()) if self.return_indices else y
 
     def backward(self, dout):
         """dout: (N, C, H_out, W_out) -> dx: (N, C, H, W); ``dx[argmax] += dout``."""
@@ -271,6 +265,11 @@ class MaxUnpool2D(_Pool):
                              f"padding={self.padding}) must be >= 1")
         return size
 
+    def _index_error(self, hw, bad):
+        Ho, Wo = hw
+        return ValueError(f"{self.name}: indices must lie in [0, {Ho * Wo}) for output size "
+                          f"({Ho}, {Wo}), found index {bad}")
+
     def forward(self, x, indices, output_size=None):
         """x, indices: (N, C, H_in, W_in) -> y: (N, C, H_out, W_out)."""
         x = self._as_input(x, 4)
@@ -281,6 +280,8 @@ class MaxUnpool2D(_Pool):
             raise TypeError(f"{self.name}: indices must be integers, got dtype {indices.dtype}")
         N, C, H, W = x.shape
         Ho, Wo = self._output_hw((H, W), output_size)
+        if indices.dtype == np.uint64 and indices.size and indices.max() > np.iinfo(np.int64).max:
+            raise self._index_error((Ho, Wo), indices.max())       # (int64 would wrap it)
         idx = np.ascontiguousarray(indices, dtype=np.int64).reshape(N * C, H, W)
         y = np.empty((N * C, Ho, Wo), x.dtype)
         ok = np.empty(N * C, bool)
@@ -288,9 +289,7 @@ class MaxUnpool2D(_Pool):
         if not ok.all():                      # the kernel checked each plane's indices
             in_bad_planes = idx[~ok]
             lo, hi = in_bad_planes.min(), in_bad_planes.max()
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{self.name}: indices must lie in [0, {Ho * Wo}) for output size "
-                             f"({Ho}, {Wo}), found index {bad}")
+            raise self._index_error((Ho, Wo), lo if lo < 0 else hi)
         self._indices = idx
         self._remember(x, (Ho, Wo))
         return y.reshape(N, C, Ho, Wo)
@@ -324,8 +323,8 @@ class AvgPool2D(_Pool):
         super().__init__(name)
         self.kernel_size, self.stride, self.padding, _ = _window(
             self.name, kernel_size, stride, padding)
-        self.ceil_mode = _flag(self.name, "ceil_mode", ceil_mode)
-        self.count_include_pad = _flag(self.name, "count_include_pad", count_include_pad)
+        self.ceil_mode = flag(self.name, "ceil_mode", ceil_mode)
+        self.count_include_pad = flag(self.name, "count_include_pad", count_include_pad)
         if divisor_override is not None and (
                 isinstance(divisor_override, bool) or not isinstance(divisor_override, numbers.Integral)
                 or divisor_override <= 0):
@@ -392,7 +391,7 @@ class LPPool2D(_Pool):
         self.norm_type = float(norm_type)
         self.kernel_size, self.stride, self.padding, _ = _window(
             self.name, kernel_size, stride, 0)
-        self.ceil_mode = _flag(self.name, "ceil_mode", ceil_mode)
+        self.ceil_mode = flag(self.name, "ceil_mode", ceil_mode)
         self._cache = None
 
     def config(self):
@@ -472,7 +471,7 @@ class MixedPool2D(_Pool):
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
             raise ValueError(f"{self.name}: alpha must be a number in [0, 1], got {alpha!r}")
         self.alpha = float(alpha)
-        self.learnable = _flag(self.name, "learnable", learnable)
+        self.learnable = flag(self.name, "learnable", learnable)
         if self.learnable:
             self.params = {"alpha": np.array([self.alpha], np.float32)}
             self.grads = {"alpha": np.zeros(1, np.float32)}

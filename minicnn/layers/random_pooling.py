@@ -24,7 +24,7 @@ from minicnn.kernels.random_pooling import (fractional_intervals, fractional_max
                                             stochastic_pool_eval_forward,
                                             stochastic_pool_forward)
 from minicnn.threads import run_kernel
-from minicnn.layers.base import Layer
+from minicnn.layers.base import Layer, flag
 from minicnn.layers.geometry import check_window, pair, window_output_shape
 
 
@@ -170,9 +170,7 @@ class FractionalMaxPool2D(Layer):
                 raise ValueError(f"{self.name}: output_size must be > 0, got {output_size!r}")
         else:
             self.output_ratio = _ratio_pair(output_ratio, self.name)
-        if not isinstance(return_indices, bool):
-            raise TypeError(f"{self.name}: return_indices must be a bool, got {return_indices!r}")
-        self.return_indices = return_indices
+        self.return_indices = flag(self.name, "return_indices", return_indices)
         self.seed = _check_seed(seed, self.name)
         self.rng = np.random.default_rng(self.seed)
         self.samples = None
