@@ -70,7 +70,7 @@ def test_max_pool2d_matches_torch(cfg):
 
 
 @SETTINGS
-@given(configs(dilation=False), st.booleans(), st.sampled_from([None, 1, 2, 5]))
+@given(configs(dilation=False), st.booleans(), st.sampled_from([None, 1, 2, 5, -3]))
 def test_avg_pool2d_matches_torch(cfg, count_include_pad, divisor_override):
     rng = np.random.default_rng(cfg["seed"])
     x = rng.standard_normal(cfg["shape"])
@@ -88,7 +88,7 @@ def test_avg_pool2d_matches_torch(cfg, count_include_pad, divisor_override):
 
 
 @SETTINGS
-@given(configs(dilation=False, max_hw=16), st.booleans(), st.sampled_from([None, 1, 3, 7]))
+@given(configs(dilation=False, max_hw=16), st.booleans(), st.sampled_from([None, 1, 3, 7, -2]))
 def test_avg_pool2d_float32_equals_torch_bit_for_bit(cfg, count_include_pad, divisor_override):
     """float32 planes sum in float32 from +0 in row-major order and divide
     in float32, as PyTorch's CPU kernel does, so the results are equal to

@@ -215,7 +215,7 @@ def test_maxpool_matches_naive(cfg):
 
 
 @SETTINGS
-@given(window_configs(dilation=False), st.booleans(), st.sampled_from([None, 1, 3, 7]))
+@given(window_configs(dilation=False), st.booleans(), st.sampled_from([None, 1, 3, 7, -4]))
 def test_avgpool_matches_naive(cfg, count_include_pad, divisor_override):
     rng = np.random.default_rng(cfg["seed"])
     x = rng.standard_normal(cfg["shape"])
@@ -543,7 +543,7 @@ def test_3x3s2_max_kernel_equals_general_kernel(dtype, H, W, ph):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("H, W, ph", GEOMETRIES_3x3S2)
-@pytest.mark.parametrize("count_include_pad, divisor_override", [(True, 0), (False, 0), (True, 5)])
+@pytest.mark.parametrize("count_include_pad, divisor_override", [(True, 0), (False, 0), (True, 5), (False, -3)])
 def test_3x3s2_avg_kernels_equal_general_kernels(dtype, H, W, ph, count_include_pad,
                                                  divisor_override):
     """The 3x3 stride-2 average kernels (forward over split even/odd
@@ -626,7 +626,7 @@ def test_3x3_avg_kernels_equal_general_kernels(dtype, H, W, s, p, ceil):
     Wo = output_size(W, 3, s[1], p[1], 1, ceil)
     dout = rng.standard_normal((3, Ho, Wo)).astype(dtype)
     for count_include_pad in (True, False):
-        for divisor_override in (0, 5):
+        for divisor_override in (0, 5, -3):
             args = (count_include_pad, divisor_override)
             fast, general = np.full((3, Ho, Wo), 7, dtype), np.full((3, Ho, Wo), 7, dtype)
             K.avgpool2d_3x3_forward(x, s[0], s[1], p[0], p[1], *args, fast)
@@ -905,6 +905,13 @@ def test_avg_count_include_pad_and_divisor_override():
     assert AvgPool2D(3, 1, 1)(x)[0, 0, 0, 0] == 4 / 9
     assert AvgPool2D(3, 1, 1, count_include_pad=False)(x)[0, 0, 0, 0] == 1.0
     assert AvgPool2D(3, 1, 1, divisor_override=2)(x)[0, 0, 0, 0] == 2.0
+    assert AvgPool2D(3, 1, 1, divisor_override=-2)(x)[0, 0, 0, 0] == -2.0      # as in PyTorch
+    layer = AvgPool2D(2, divisor_override=-4)                                    # the 2x2 kernel
+    assert layer(np.ones((1, 1, 2, 2)))[0, 0, 0, 0] == -1.0                     # 4 / -4
+    np.testing.assert_array_equal(layer.backward(np.ones((1, 1, 1, 1))), np.full((1, 1, 2, 2), -0.25))
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=r"AvgPool2D: divisor_override must be None or a non-zero int"):
+            AvgPool2D(2, divisor_override=bad)
 
 
 def test_lppool_p2_is_l2_norm_and_p1_signed_sum():
@@ -964,8 +971,7 @@ def test_unpool_default_and_full_output_size():
     (lambda: MaxPool2D(2, padding=-1), r"padding must be >= 0, got \(-1, -1\)"),
     (lambda: AvgPool2D(3, padding=2), r"padding.*\(2, 2\)"),
     (lambda: AvgPool2D(2, stride=0), r"stride must be > 0"),
-    (lambda: AvgPool2D(2, divisor_override=0), r"divisor_override.*got 0"),
-    (lambda: AvgPool2D(2, divisor_override=-2), r"divisor_override.*got -2"),
+    (lambda: AvgPool2D(2, divisor_override=0), r"divisor_override.*non-zero.*got 0"),
     (lambda: LPPool2D(0, 2), r"norm_type.*got 0"),
     (lambda: LPPool2D(-1.5, 2), r"norm_type.*got -1.5"),
     (lambda: LPPool2D(float("nan"), 2), r"norm_type.*got nan"),

@@ -17,7 +17,7 @@ def _avgpool2d_forward(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_ove
     x: (P, H, W) -> out: (P, H_out, W_out).
 
     Forward: ``out = sum(x[window inside the input]) / divisor`` with
-    ``divisor = divisor_override`` if it is > 0, else the window area
+    ``divisor = divisor_override`` if it is not 0, else the window area
     clamped to the padded input ``[-p, L+p)`` if ``count_include_pad``,
     else the number of cells inside the input (see :func:`_avg_extents`).
     Arithmetic in the planes' dtype, as PyTorch does it: the sum starts at

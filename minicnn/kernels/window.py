@@ -88,10 +88,11 @@ def _avg_extents(n_out, k, s, pad, L):
 
 @njit(cache=True)
 def _avg_divisor(n_padded, n_inside, count_include_pad, divisor_override):
-    """PyTorch's average-pooling divisor: ``divisor_override`` if > 0, else
+    """PyTorch's average-pooling divisor: ``divisor_override`` if not 0 (0
+    stands for None; a negative override is allowed, as in PyTorch), else
     the window's cells in the padded input if ``count_include_pad``, else
     its cells inside the input."""
-    if divisor_override > 0:
+    if divisor_override != 0:
         return divisor_override
     return n_padded if count_include_pad else n_inside
 

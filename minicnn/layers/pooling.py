@@ -311,7 +311,7 @@ class AvgPool2D(_Pool):
     cells summed are those of ``[max(start, 0), min(end, L))``.
 
     ``y = sum(x[window inside the input]) / divisor`` where ``divisor`` is
-    ``divisor_override`` if given, else the clamped area
+    ``divisor_override`` if given (any non-zero int, as in PyTorch), else the clamped area
     ``(end_h - start_h) * (end_w - start_w)`` if ``count_include_pad``,
     else the number of cells inside the input.
 
@@ -327,9 +327,9 @@ class AvgPool2D(_Pool):
         self.count_include_pad = flag(self.name, "count_include_pad", count_include_pad)
         if divisor_override is not None and (
                 isinstance(divisor_override, bool) or not isinstance(divisor_override, numbers.Integral)
-                or divisor_override <= 0):
-            raise ValueError(f"{self.name}: divisor_override must be None or an int > 0, "
-                             f"got {divisor_override!r}")
+                or divisor_override == 0):
+            raise ValueError(f"{self.name}: divisor_override must be None or a non-zero int "
+                             f"(negative allowed, as in PyTorch), got {divisor_override!r}")
         self.divisor_override = None if divisor_override is None else int(divisor_override)
 
     def config(self):
