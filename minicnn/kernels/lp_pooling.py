@@ -13,11 +13,19 @@ from minicnn.kernels.window import (PLANE_RUNS, _add9, _avg_extents, _inner_wind
 
 @njit(cache=True, inline='always')
 def _power(v, p):
-    """``v ** p`` (C ``pow``), with the common p = 1 and p = 2 done without a call."""
+    """``v ** p`` as PyTorch's ``pow`` computes it: C ``pow``, but ``v * v``
+    for p = 2, ``sqrt(v)`` for p = 0.5 and ``1 / sqrt(v)`` for p = -0.5
+    (the exponents PyTorch turns into those operations; they differ from C
+    ``pow`` only at -inf, where the root is NaN and ``pow`` gives +inf or
+    +0, and at -0.0)."""
     if p == 2.0:
         return v * v
     if p == 1.0:
         return v
+    if p == 0.5:
+        return math.sqrt(v) if v >= 0.0 else math.nan
+    if p == -0.5:
+        return 1.0 / math.sqrt(v) if v >= 0.0 else math.nan
     return v ** p
 
 

@@ -68,7 +68,8 @@ def _resolve(hw, H, W):
 
 
 def _check_nonempty(layer, x):
-    """Every bin must hold a cell: H, W >= 1 (PyTorch raises too)."""
+    """Every bin must hold a cell: H, W >= 1.  (PyTorch raises for an empty
+    plane too, except that its 1x1 average of one is NaN: docs/pooling.md.)"""
     if x.shape[2] < 1 or x.shape[3] < 1:
         raise ValueError(f"{layer}: input spatial size must be non-empty, got shape {x.shape}")
     return x
