@@ -25,7 +25,10 @@ def _power(v, p):
     if p == 0.5:
         return math.sqrt(v) if v >= 0.0 else math.nan
     if p == -0.5:
-        return 1.0 / math.sqrt(v) if v >= 0.0 else math.nan
+        if not v >= 0.0:
+            return math.nan
+        r = math.sqrt(v)
+        return 1.0 / r if r != 0.0 else math.copysign(math.inf, r)   # no division by 0 in Numba
     return v ** p
 
 
