@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,17 @@ _nonneg_int = number(int, 0, "an integer >= 0")
 _positive_float = number(float, 0.0, "a positive number")
 
 
+def _momentum(text):
+    """SGD momentum: a number in [0, 1)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return v
+
+
 def _shape(text):
     try:
         dims = tuple(int(t) for t in text.replace("x", ",").split(","))
@@ -64,15 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on MNIST",
                        description="Train a named model on MNIST. Flags left out take the model's "
-                                   "recipe (see `minicnn summary`).")
-    t.add_argument("--model", default="default", choices=sorted(MODELS), help="which model to build")
+                                   "recipe (see `minicnn summary`); with --resume, the settings of "
+                                   "the run that wrote the checkpoint.")
+    t.add_argument("--model", choices=sorted(MODELS), help="which model to build (default: default)")
     t.add_argument("--epochs", type=_positive_int, help="number of epochs")
     t.add_argument("--batch-size", type=_positive_int, help="batch size")
     t.add_argument("--lr", type=_positive_float, help="learning rate (the peak, with --schedule onecycle)")
     t.add_argument("--optimizer", choices=["sgd", "adam"], help="optimiser")
     t.add_argument("--schedule", choices=["onecycle", "constant"], help="learning-rate schedule")
-    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    t.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    t.add_argument("--momentum", type=_momentum, help="SGD momentum (default 0.9)")
+    t.add_argument("--seed", type=_nonneg_int, help="random seed (default 0)")
     t.add_argument("--data-dir", help="folder holding the MNIST IDX files "
                                       "(default: $MINICNN_DATA, then the cache)")
     t.add_argument("--download", action="store_true", help="download MNIST if it is not found")
@@ -143,45 +156,94 @@ def _variant_list(text):
 
 
 # ----------------------------------------------------------------- commands
+RUN_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "momentum", "grad_clip",
+                "limit_train", "seed")
+"""The settings of a training run that ``train --save`` stores in the
+checkpoint and ``train --resume`` restores: flags left out on resume take
+the saved values, so the resumed run is the one that was interrupted."""
+
+
+def _run_settings(args, saved: dict | None):
+    """The run's settings: each flag given, else the checkpoint's (resume),
+    else the model's recipe or the default.  Returns ``(settings, changed)``,
+    ``changed`` naming the flags that differ from the checkpoint's run."""
+    from minicnn.models import MODELS
+
+    recipe = MODELS[args.model].recipe
+    defaults = {"epochs": recipe.epochs, "batch_size": recipe.batch_size, "optimizer": recipe.optimizer,
+                "lr": recipe.lr, "schedule": recipe.schedule, "momentum": 0.9, "grad_clip": None,
+                "limit_train": None, "seed": 0}
+    run, changed = {}, []
+    for key in RUN_SETTINGS:
+        given = getattr(args, key)
+        if saved is not None and key in saved:
+            run[key] = saved[key] if given is None else given
+            if given is not None and given != saved[key]:
+                changed.append(f"--{key.replace('_', '-')} {given} (the checkpoint's run: {saved[key]})")
+        else:
+            run[key] = defaults[key] if given is None else given
+    return run, changed
+
+
 def cmd_train(args) -> int:
     from minicnn import checkpoint
+    from minicnn.checkpoint import CheckpointError
     from minicnn.data import ensure_mnist, load_mnist
     from minicnn.models import MODELS, build_model
     from minicnn.optim import SGD, Adam, OneCycleLR
     from minicnn.train import Trainer, evaluate
 
-    extra = {}
+    extra, saved = {}, None
     if args.resume:
         model, meta, optim_arrays = checkpoint.load(args.resume)
         extra = meta["extra"]
-        name = extra.get("model_name", args.model)
-        if args.model != "default" and args.model != name:
+        missing = [k for k in ("model_name", "epoch", "step", "running", "history") if k not in extra]
+        if missing:
+            raise CheckpointError(f"{args.resume}: no training state to resume from (missing "
+                                  f"{', '.join(missing)}); it was not written by `minicnn train --save`")
+        name = extra["model_name"]
+        if name not in MODELS:
+            raise CheckpointError(f"{args.resume}: model {name!r} is not one `minicnn train` builds "
+                                  f"({', '.join(sorted(MODELS))})")
+        if args.model is not None and args.model != name:
             raise SystemExit(f"minicnn train: --model {args.model} does not match the checkpoint's model {name}")
         args.model = name
-        args.seed = extra.get("seed", args.seed)
-    recipe = MODELS[args.model].recipe
-    epochs = args.epochs or recipe.epochs
-    batch_size = args.batch_size or extra.get("batch_size") or recipe.batch_size
-    opt_name = args.optimizer or recipe.optimizer
-    lr = args.lr or recipe.lr
-    schedule = args.schedule or recipe.schedule
-
+        saved = extra.get("run")
+        if saved is None:       # written before the run's settings were saved (2026-11-25)
+            saved = {k: extra[k] for k in ("seed", "batch_size") if k in extra}
+            print(f"note: {args.resume} holds no run settings beyond seed and batch size; "
+                  "flags left out take the model's recipe", file=sys.stderr)
+    args.model = args.model or "default"
+    run, changed = _run_settings(args, saved)
+    if args.resume and extra.get("optimizer", "").lower() not in ("", run["optimizer"]):
+        raise SystemExit(f"minicnn train: --optimizer {run['optimizer']} does not match the checkpoint's "
+                         f"optimiser {extra['optimizer']}")
+    epochs, batch_size, opt_name, lr, schedule = (run[k] for k in ("epochs", "batch_size", "optimizer",
+                                                                  "lr", "schedule"))
+    args.seed = run["seed"]
     folder = ensure_mnist(args.data_dir, download=args.download)
-    x, y = load_mnist(folder, "train", limit=args.limit_train)
+    x, y = load_mnist(folder, "train", limit=run["limit_train"])
     x_test, y_test = load_mnist(folder, "test")
     if not args.resume:
         model = build_model(args.model, seed=args.seed)
     params = model.parameters()
     optimizer = Adam(params, lr=lr) if opt_name == "adam" else \
-        SGD(params, lr=lr, momentum=args.momentum, nesterov=args.momentum > 0)
+        SGD(params, lr=lr, momentum=run["momentum"], nesterov=run["momentum"] > 0)
     steps = epochs * -(-len(x) // batch_size)
     scheduler = OneCycleLR(optimizer, max_lr=lr, total_steps=steps) if schedule == "onecycle" else None
+    resume_flags = f" --data-dir {shlex.quote(args.data_dir)}" if args.data_dir else ""
     trainer = Trainer(model, optimizer, batch_size=batch_size, seed=args.seed, scheduler=scheduler,
-                      grad_clip=args.grad_clip, checkpoint_path=args.save or args.resume,
-                      progress=not args.no_progress, model_name=args.model)
+                      grad_clip=run["grad_clip"], checkpoint_path=args.save or args.resume,
+                      progress=not args.no_progress, model_name=args.model, run=run,
+                      resume_flags=resume_flags)
     if args.resume:
         trainer.restore(extra, optim_arrays)
+        if scheduler is None:
+            optimizer.lr = lr           # the checkpoint's, or the --lr given
         print(f"resuming {args.model} from {args.resume} at epoch {trainer.epoch + 1}, step {trainer.step}")
+        if changed:
+            print("changed from the checkpoint's run: " + "; ".join(changed)
+                  + " (so the result differs from the run's uninterrupted end)")
     print(f"training {args.model} ({model.num_params():,} parameters) on {len(x):,} MNIST images: "
           f"{epochs} epochs, batch {batch_size}, {opt_name} lr {lr:g} ({schedule})")
     history = trainer.fit(x, y, epochs, x_test, y_test)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shlex
 import signal
 import threading
 import time
@@ -92,7 +93,8 @@ class Trainer:
 
     def __init__(self, model, optimizer, *, batch_size: int, seed: int = 0, scheduler=None,
                  grad_clip: float | None = None, checkpoint_path: str | None = None,
-                 progress: bool = True, model_name: str | None = None):
+                 progress: bool = True, model_name: str | None = None, run: dict | None = None,
+                 resume_flags: str = ""):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if grad_clip is not None and not grad_clip > 0:
@@ -102,6 +104,8 @@ class Trainer:
         self.checkpoint_path = checkpoint_path
         self.progress = progress
         self.model_name = model_name or model.name
+        self.run = run                        # the CLI's run settings, saved for --resume
+        self.resume_flags = resume_flags      # flags the resume hint must repeat (--data-dir)
         self.loss = SoftmaxCrossEntropy()
         self.epoch, self.step = 0, 0          # position: next step to run
         self.running = [0.0, 0, 0]            # loss sum, correct, seen in this epoch
@@ -204,7 +208,7 @@ class Trainer:
         self.save(path)
         raise TrainingInterrupted(
             f"interrupted at epoch {self.epoch + 1}, step {self.step}; checkpoint saved to {path}; "
-            f"resume with: minicnn train --resume {path}", path)
+            f"resume with: minicnn train --resume {shlex.quote(path)}{self.resume_flags}", path)
 
     # -------------------------------------------------------- checkpoints
     def save(self, path: str):
@@ -214,6 +218,8 @@ class Trainer:
                  "optimizer": type(self.optimizer).__name__,
                  "scheduler_t": getattr(self.scheduler, "t", None),
                  "rng": {l.name: l.rng.bit_generator.state for l in _rng_layers(self.model)}}
+        if self.run is not None:
+            extra["run"] = self.run
         checkpoint.save(path, self.model, self.optimizer, extra)
 
     def restore(self, extra: dict, optim_arrays: dict):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from minicnn.cli import main
@@ -43,6 +44,60 @@ def test_resume_continues_to_the_requested_epochs(synthetic_mnist_dir, tmp_path,
     assert main(["train", *common, "--epochs", "2", "--resume", str(ck)]) == 0
     out = capsys.readouterr().out
     assert "resuming lenet" in out and "epoch 2:" in out
+
+
+def _interrupt_at(monkeypatch, where):
+    """Make the next in-process `minicnn train` stop (as Ctrl-C does) after
+    the step named ``where``."""
+    from minicnn.train import Trainer
+    original = Trainer.train_step
+
+    def step(self, xb, yb, at):
+        out = original(self, xb, yb, at)
+        if at == where:
+            self._stop_requested = True
+        return out
+    monkeypatch.setattr(Trainer, "train_step", step)
+
+
+def test_resume_alone_continues_the_saved_run_bit_for_bit(synthetic_mnist_dir, tmp_path, monkeypatch, capsys):
+    """`train --resume PATH` with no other flag (what the Ctrl-C message
+    says to run) restores the interrupted run's settings from the
+    checkpoint: the result equals the uninterrupted run's bit for bit, though
+    every setting differs from the model's recipe."""
+    from minicnn import checkpoint
+    flags = ["--model", "lenet", "--optimizer", "adam", "--lr", "0.002", "--schedule", "onecycle",
+             "--epochs", "2", "--batch-size", "32", "--limit-train", "160", "--seed", "3",
+             "--grad-clip", "5", "--data-dir", synthetic_mnist_dir, "--no-progress"]
+    ref, ck = tmp_path / "ref.npz", tmp_path / "ck.npz"
+    assert main(["train", *flags, "--save", str(ref)]) == 0
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "epoch 2, step 2")
+        assert main(["train", *flags, "--save", str(ck)]) == 130
+    hint = [l for l in capsys.readouterr().err.splitlines() if "resume with" in l][0]
+    assert hint.endswith(f"minicnn train --resume {ck} --data-dir {synthetic_mnist_dir}")
+    assert main(["train", "--resume", str(ck), "--data-dir", synthetic_mnist_dir, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming lenet" in out and "adam lr 0.002 (onecycle)" in out and "changed" not in out
+    want, got = checkpoint.load(str(ref))[0], checkpoint.load(str(ck))[0]
+    for (n, a), (_, b) in zip(want.named_params(), got.named_params()):
+        assert np.array_equal(a, b), f"{n} differs after resume"
+
+
+def test_resume_names_the_flags_that_change_the_run(synthetic_mnist_dir, tmp_path, capsys):
+    ck = tmp_path / "ck.npz"
+    common = ["--data-dir", synthetic_mnist_dir, "--no-progress"]
+    assert main(["train", "--model", "lenet", "--epochs", "1", "--batch-size", "64", "--limit-train", "128",
+                 "--lr", "0.01", "--schedule", "constant", "--save", str(ck), *common]) == 0
+    assert main(["train", "--resume", str(ck), "--epochs", "2", "--lr", "0.02", *common]) == 0
+    out = capsys.readouterr().out
+    assert "sgd lr 0.02 (constant)" in out and "on 128 MNIST images" in out
+    assert ("changed from the checkpoint's run: --epochs 2 (the checkpoint's run: 1); "
+            "--lr 0.02 (the checkpoint's run: 0.01)") in out
+    with pytest.raises(SystemExit, match="--optimizer adam does not match the checkpoint's optimiser SGD"):
+        main(["train", "--resume", str(ck), "--optimizer", "adam", *common])
+    with pytest.raises(SystemExit, match="--model default does not match the checkpoint's model lenet"):
+        main(["train", "--resume", str(ck), "--model", "default", *common])
 
 
 def test_summary_prints_the_table(capsys):
