@@ -156,6 +156,24 @@ def _variant_list(text):
 
 
 # ----------------------------------------------------------------- commands
+def _check_output_path(command, flag_name, path):
+    """Fail before any work if ``path`` cannot be written: it is a folder,
+    or its folder cannot be created or written to.  (Missing folders are
+    created, as the writes would.)"""
+    import os
+    target = Path(path)
+    if target.is_dir():
+        raise SystemExit(f"minicnn {command}: {flag_name} {path}: is a folder; give a file path")
+    folder = target.absolute().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"minicnn {command}: {flag_name} {path}: cannot create its folder {folder}: "
+                         f"{e.strerror or e}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(f"minicnn {command}: {flag_name} {path}: its folder {folder} is not writable")
+
+
 RUN_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "momentum", "grad_clip",
                 "limit_train", "seed")
 """The settings of a training run that ``train --save`` stores in the
@@ -214,6 +232,9 @@ def cmd_train(args) -> int:
             print(f"note: {args.resume} holds no run settings beyond seed and batch size; "
                   "flags left out take the model's recipe", file=sys.stderr)
     args.model = args.model or "default"
+    for flag_name, path in (("--save", args.save), ("--metrics", args.metrics)):
+        if path:
+            _check_output_path("train", flag_name, path)
     run, changed = _run_settings(args, saved)
     if args.resume and extra.get("optimizer", "").lower() not in ("", run["optimizer"]):
         raise SystemExit(f"minicnn train: --optimizer {run['optimizer']} does not match the checkpoint's "
@@ -237,7 +258,11 @@ def cmd_train(args) -> int:
                       progress=not args.no_progress, model_name=args.model, run=run,
                       resume_flags=resume_flags)
     if args.resume:
-        trainer.restore(extra, optim_arrays)
+        try:
+            trainer.restore(extra, optim_arrays)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{args.resume}: its training state does not fit the model and "
+                                  f"optimiser: {e}") from None
         if scheduler is None:
             optimizer.lr = lr           # the checkpoint's, or the --lr given
         print(f"resuming {args.model} from {args.resume} at epoch {trainer.epoch + 1}, step {trainer.step}")
@@ -274,6 +299,9 @@ def cmd_evaluate(args) -> int:
     from minicnn.train import evaluate
 
     model, meta, _ = checkpoint.load(args.load)
+    if model.input_shape is not None and tuple(model.input_shape) != (1, 28, 28):
+        raise checkpoint.CheckpointError(f"{args.load}: the model takes input {tuple(model.input_shape)} "
+                                         "(C, H, W); MNIST images are (1, 28, 28)")
     x_test, y_test = load_mnist(args.data_dir, "test")
     t0 = time.perf_counter()
     loss, acc = evaluate(model, x_test, y_test)
@@ -287,7 +315,13 @@ def cmd_summary(args) -> int:
 
     spec = MODELS[args.model]
     model = build_model(args.model)
-    print(model.summary(args.input_shape or spec.input_shape))
+    try:
+        table = model.summary(args.input_shape or spec.input_shape)
+    except ValueError as e:
+        shape = ",".join(map(str, args.input_shape or spec.input_shape))
+        print(f"minicnn summary: --input-shape {shape} does not fit model {args.model}: {e}", file=sys.stderr)
+        return 2
+    print(table)
     print(f"\n{spec.description}")
     return 0
 
@@ -362,7 +396,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from minicnn.checkpoint import CheckpointError
-    from minicnn.data import MNISTNotFoundError
+    from minicnn.data import MNISTFormatError, MNISTNotFoundError
     from minicnn.train import NonFiniteError, TrainingInterrupted
 
     try:
@@ -373,7 +407,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\naborted", file=sys.stderr)
         return 130
-    except (MNISTNotFoundError, CheckpointError, NonFiniteError, FileNotFoundError) as e:
+    except (MNISTNotFoundError, MNISTFormatError, CheckpointError, NonFiniteError, FileNotFoundError) as e:
         print(f"minicnn {args.command}: {e}", file=sys.stderr)
         return 1
 

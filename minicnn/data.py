@@ -56,6 +56,12 @@ class MNISTNotFoundError(FileNotFoundError):
     """MNIST files are missing; the message says where we looked and how to get them."""
 
 
+class MNISTFormatError(ValueError):
+    """An MNIST (IDX) file is corrupt: bad header, wrong size, labels that are
+    not digits, images and labels that do not pair up.  The message names
+    the file."""
+
+
 # ----------------------------------------------------------------- reading IDX files
 def is_gzip(path) -> bool:
     """True when the file starts with the gzip magic bytes 1f 8b."""
@@ -73,8 +79,9 @@ def read_idx(path, magic: int | None = None) -> np.ndarray:
 
     ``magic``: the magic number required (2051 images, 2049 labels); ``None``
     accepts either.  Raises ``FileNotFoundError`` if the file is missing and
-    ``ValueError`` naming the file for a bad header, a payload that is shorter
-    or longer than the header says, or a corrupt gzip stream.
+    :class:`MNISTFormatError` (a ValueError) naming the file for a bad
+    header, a payload that is shorter or longer than the header says, or a
+    corrupt gzip stream.
     """
     path = Path(path)
     gzipped = is_gzip(path)  # FileNotFoundError names the path
@@ -84,37 +91,37 @@ def read_idx(path, magic: int | None = None) -> np.ndarray:
         try:
             return _read_idx_stream(f, path, magic, None)
         except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-            raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
+            raise MNISTFormatError(f"{path}: corrupt gzip stream ({exc})") from exc
 
 
 def _read_idx_stream(f: BinaryIO, path: Path, magic: int | None, file_size: int | None) -> np.ndarray:
     """Parse header and payload from ``f``; ``file_size`` is known for raw files only."""
     head = f.read(4)
     if len(head) < 4:
-        raise ValueError(f"{path}: header too short: expected a 4-byte IDX magic number, "
-                         f"found {len(head)} bytes")
+        raise MNISTFormatError(f"{path}: header too short: expected a 4-byte IDX magic number, "
+                               f"found {len(head)} bytes")
     found = int.from_bytes(head, "big")
     allowed = (magic,) if magic is not None else (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC)
     if found not in allowed:
         expected = " or ".join(f"{m} ({_MAGIC_MEANING.get(m, 'unknown')})" for m in allowed)
         decoded = (f"data type 0x{head[2]:02X}, {head[3]} dims" if head[:2] == b"\0\0"
                    else "first two bytes are not zero")
-        raise ValueError(f"{path}: bad IDX magic number: expected {expected}, "
-                         f"found {found} (0x{found:08X}: {decoded})")
+        raise MNISTFormatError(f"{path}: bad IDX magic number: expected {expected}, "
+                               f"found {found} (0x{found:08X}: {decoded})")
 
     ndim = head[3]
     raw_dims = f.read(4 * ndim)
     if len(raw_dims) < 4 * ndim:
-        raise ValueError(f"{path}: header too short: magic {found} announces {ndim} dimension "
-                         f"sizes ({4 * ndim} bytes), found {len(raw_dims)} bytes")
+        raise MNISTFormatError(f"{path}: header too short: magic {found} announces {ndim} dimension "
+                               f"sizes ({4 * ndim} bytes), found {len(raw_dims)} bytes")
     dims = tuple(int.from_bytes(raw_dims[4 * i:4 * i + 4], "big") for i in range(ndim))
     shape = "×".join(map(str, dims))
     n = math.prod(dims)
     if 0 in dims:
-        raise ValueError(f"{path}: bad dimensions {shape}: every dimension must be positive")
+        raise MNISTFormatError(f"{path}: bad dimensions {shape}: every dimension must be positive")
     if n > _MAX_PAYLOAD:
-        raise ValueError(f"{path}: implausible dimensions {shape} = {n} bytes: "
-                         f"expected at most {_MAX_PAYLOAD} bytes")
+        raise MNISTFormatError(f"{path}: implausible dimensions {shape} = {n} bytes: "
+                               f"expected at most {_MAX_PAYLOAD} bytes")
 
     if file_size is not None:  # raw file: compare sizes before allocating anything
         found_bytes = file_size - 4 - 4 * ndim
@@ -130,12 +137,12 @@ def _read_idx_stream(f: BinaryIO, path: Path, magic: int | None, file_size: int 
     return data.reshape(dims)
 
 
-def _payload_error(path: Path, dims: tuple[int, ...], found: int) -> ValueError:
+def _payload_error(path: Path, dims: tuple[int, ...], found: int) -> MNISTFormatError:
     shape, expected = "×".join(map(str, dims)), math.prod(dims)
     what = {1: "labels", 3: "pixels"}.get(len(dims), "values")
     problem = "truncated" if found < expected else f"{found - expected} trailing bytes"
-    return ValueError(f"{path}: {problem}: header says {shape} = {expected} bytes of {what}, "
-                      f"found {found}")
+    return MNISTFormatError(f"{path}: {problem}: header says {shape} = {expected} bytes of {what}, "
+                            f"found {found}")
 
 
 def _read_into(f: BinaryIO, out: np.ndarray) -> int:
@@ -258,12 +265,12 @@ def load_mnist(data_dir=None, split: str = "train", limit: int | None = None):
     images = read_idx(image_path, IDX_IMAGES_MAGIC)
     labels = read_idx(label_path, IDX_LABELS_MAGIC)
     if len(images) != len(labels):
-        raise ValueError(f"count mismatch: {image_path} holds {len(images)} images "
-                         f"but {label_path} holds {len(labels)} labels")
+        raise MNISTFormatError(f"count mismatch: {image_path} holds {len(images)} images "
+                               f"but {label_path} holds {len(labels)} labels")
     bad = np.flatnonzero(labels > 9)
     if bad.size:
-        raise ValueError(f"{label_path}: label {labels[bad[0]]} at index {bad[0]}: "
-                         f"expected digits 0-9")
+        raise MNISTFormatError(f"{label_path}: label {labels[bad[0]]} at index {bad[0]}: "
+                               f"expected digits 0-9")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
 

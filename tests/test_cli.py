@@ -203,3 +203,58 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert len(lines) == 1 and f"minicnn train --resume {ck}" in lines[0]
     model, meta, optim = checkpoint.load(str(ck))
     assert meta["extra"]["model_name"] == "lenet" and optim["steps"] > 0
+
+
+def test_bad_inputs_give_one_line_naming_the_flag_or_file(synthetic_mnist_dir, tmp_path, capsys):
+    """Each of these failed with a traceback before (an audit of the CLI):
+    one line on stderr naming the flag or file, a non-zero status, and no
+    training started for the output paths."""
+    from conftest import write_mnist_folder
+    from minicnn import checkpoint
+    from minicnn.layers import Dense, Flatten
+    from minicnn.model import Sequential
+
+    bad = write_mnist_folder(tmp_path / "bad", n_train=64, n_test=32, gz=False)
+    labels = os.path.join(bad, "train-labels-idx1-ubyte")
+    with open(labels, "r+b") as f:
+        f.truncate(os.path.getsize(labels) - 3)
+    assert main(["train", "--model", "lenet", "--epochs", "1", "--data-dir", bad, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "minicnn train:" in err and "train-labels-idx1-ubyte: truncated" in err
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--momentum", "nan"])
+    assert e.value.code == 2 and "--momentum: expected a number in [0, 1), got 'nan'" in capsys.readouterr().err
+
+    assert main(["summary", "--model", "lenet", "--input-shape", "3,28,28"]) == 2
+    err = capsys.readouterr().err
+    assert "minicnn summary: --input-shape 3,28,28 does not fit model lenet" in err and err.count("\n") == 1
+
+    small = Sequential([Flatten(), Dense(64, 10)], input_shape=(1, 8, 8))
+    ck8 = tmp_path / "eight.npz"
+    checkpoint.save(str(ck8), small)
+    assert main(["evaluate", "--load", str(ck8), "--data-dir", synthetic_mnist_dir]) == 1
+    assert "the model takes input (1, 8, 8) (C, H, W); MNIST images are (1, 28, 28)" in capsys.readouterr().err
+    assert main(["train", "--resume", str(ck8), "--data-dir", synthetic_mnist_dir]) == 1
+    assert "no training state to resume from" in capsys.readouterr().err
+
+    ck = tmp_path / "ck.npz"
+    common = ["--model", "lenet", "--epochs", "1", "--limit-train", "64", "--data-dir", synthetic_mnist_dir,
+              "--no-progress"]
+    assert main(["train", *common, "--save", str(ck)]) == 0
+    with np.load(ck) as z:
+        arrays = {k: z[k] for k in z.files}
+    key = next(k for k in arrays if k.startswith("optim/") and "/" in k[len("optim/"):])
+    arrays[key] = np.zeros(arrays[key].size + 1, arrays[key].dtype)
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, **arrays)
+    assert main(["train", "--resume", str(broken), "--data-dir", synthetic_mnist_dir, "--no-progress"]) == 1
+    assert "its training state does not fit the model and optimiser" in capsys.readouterr().err
+
+    (tmp_path / "afile").write_text("x")
+    for flag_name, path, why in (("--save", tmp_path, "is a folder"),
+                                 ("--metrics", tmp_path, "is a folder"),
+                                 ("--save", tmp_path / "afile" / "x.npz", "cannot create its folder")):
+        with pytest.raises(SystemExit, match=rf"minicnn train: {flag_name} .*: {why}"):
+            main(["train", *common, flag_name, str(path)])
+        assert "training" not in capsys.readouterr().out
