@@ -11,12 +11,17 @@ Format (version 1)::
 Safety: files are written to a temporary file beside the target and
 renamed into place (atomic on POSIX), and always read with
 ``np.load(..., allow_pickle=False)``, so loading a checkpoint can never
-execute code.  Every array's shape is checked against the architecture.
+execute code.  Every array's shape is checked against the architecture,
+and an architecture declaring far more parameter values than the file
+holds is refused before anything is built (:data:`ALLOCATION_SLACK`).
+Whatever is wrong with a file, loading it raises :class:`CheckpointError`
+naming it (or FileNotFoundError).
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -27,6 +32,11 @@ from minicnn.model import model_from_config
 
 FORMAT = "minicnn-checkpoint"
 VERSION = 1
+ALLOCATION_SLACK = 1 << 24
+"""How many parameter values beyond those stored a saved architecture may
+declare before :func:`load` refuses it unbuilt.  Within it the layers are
+built and a missing or misshapen array is named; beyond it, a file of a few
+bytes could otherwise make ``load`` allocate gigabytes."""
 
 
 class CheckpointError(ValueError):
@@ -73,14 +83,24 @@ def read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise CheckpointError(f"checkpoint {path}: a single .npy array, not an .npz archive")
+        with z:
             arrays = {k: z[k] for k in z.files}
-    except ValueError as e:  # raised by numpy for object (pickled) arrays
-        raise CheckpointError(f"checkpoint {path}: refused: it holds pickled objects, "
-                              f"which could execute code ({e})") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e):    # numpy refuses object arrays without allow_pickle
+            raise CheckpointError(f"checkpoint {path}: refused: it holds pickled objects, "
+                                  f"which could execute code ({e})") from None
+        raise CheckpointError(f"checkpoint {path}: an entry is not a readable array: {e}") from None
+    except Exception as e:    # zip, .npy header and I/O errors of a damaged file, of any type
         raise CheckpointError(f"checkpoint {path}: not a readable .npz file "
-                              f"(truncated or corrupt?): {e}") from None
+                              f"(truncated or corrupt?): {type(e).__name__}: {e}") from None
+    odd = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+    if odd:
+        raise CheckpointError(f"checkpoint {path}: entries {odd} are not .npy arrays")
     if "__meta__" not in arrays:
         raise CheckpointError(f"checkpoint {path}: no __meta__ entry; not a minicnn checkpoint")
     try:
@@ -89,10 +109,40 @@ def read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
         raise CheckpointError(f"checkpoint {path}: __meta__ is not valid JSON: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: not a {FORMAT} file")
-    if meta.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path}: format version {meta.get('version')!r} "
+    version = meta.get("version")
+    if type(version) is not int or version != VERSION:
+        raise CheckpointError(f"checkpoint {path}: format version {version!r} "
                               f"is not supported (this minicnn reads version {VERSION})")
+    if not isinstance(meta.get("architecture"), dict) or not isinstance(meta.get("extra", {}), dict):
+        raise CheckpointError(f"checkpoint {path}: __meta__ needs an 'architecture' object "
+                              "(and 'extra', if present, an object)")
+    meta.setdefault("extra", {})
     return meta, arrays
+
+
+def _declared_param_values(architecture: dict) -> int:
+    """How many parameter values the layers of a saved architecture would
+    allocate (``Layer.param_shapes`` of each layer's config), counted before
+    any is built, so that a crafted file cannot make :func:`load` allocate
+    more than the file holds.  Layers whose config is malformed count 0:
+    building them reports the error."""
+    from minicnn.layers import LAYERS
+
+    specs = architecture.get("layers") or architecture.get("nodes") or []
+    total = 0
+    for spec in specs if isinstance(specs, list) else []:
+        cls = LAYERS.get(spec.get("class")) if isinstance(spec, dict) else None
+        config = spec.get("config") if cls is not None else None
+        if not isinstance(config, dict):
+            continue
+        try:
+            kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+            for shape in cls.param_shapes(**kwargs).values():
+                if all(isinstance(d, int) and d > 0 for d in shape):
+                    total += math.prod(shape)
+        except (TypeError, ValueError):
+            continue
+    return total
 
 
 def load(path: str):
@@ -103,10 +153,18 @@ def load(path: str):
     ``Optimizer.load_state_arrays``.
     """
     meta, arrays = read(path)
+    declared = _declared_param_values(meta["architecture"])
+    stored_values = sum(v.size for k, v in arrays.items() if k.startswith("param/"))
+    if declared > stored_values + ALLOCATION_SLACK:
+        raise CheckpointError(f"checkpoint {path}: the architecture declares {declared:,} parameter "
+                              f"values, the file holds {stored_values:,}")
     try:
         model = model_from_config(meta["architecture"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path}: bad architecture: {e}") from None
+    except MemoryError:
+        raise CheckpointError(f"checkpoint {path}: its architecture is too large to build "
+                              "in this machine's memory") from None
     expected = dict(model.named_params())
     stored = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     missing = sorted(set(expected) - set(stored))

@@ -194,3 +194,84 @@ def test_checkpoint_is_a_plain_zip_of_npy_files(tmp_path):
     checkpoint.save(str(path), model())
     names = zipfile.ZipFile(path).namelist()
     assert "__meta__.npy" in names and "param/conv2d.W.npy" in names
+
+
+def _zip_with(path, members):
+    """An .npz-like zip of raw members ``{name: bytes}``."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def test_malformed_files_raise_checkpoint_error_naming_the_file(tmp_path):
+    """Each of these escaped as a TypeError, AttributeError, TokenError or
+    KeyError before (an audit with crafted files)."""
+    good = str(tmp_path / "good.npz")
+    checkpoint.save(good, model())
+    with zipfile.ZipFile(good) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+
+    cases = {}
+    npy = tmp_path / "single.npz"                     # a .npy file under an .npz name
+    with open(npy, "wb") as f:
+        np.save(f, np.zeros(3))
+    cases[npy] = "a single .npy array, not an .npz archive"
+    raw = tmp_path / "raw_member.npz"                 # a member without the .npy suffix
+    _zip_with(raw, {**members, "param/dense.b": b"\x00" * 40})
+    cases[raw] = r"entries \['param/dense\.b'\] are not \.npy arrays"
+    header = tmp_path / "bad_header.npz"              # a damaged .npy header
+    broken = bytearray(members["param/dense.b.npy"])
+    broken[10:40] = b"{'descr': '<f4', 'shape': ((("
+    _zip_with(header, {**members, "param/dense.b.npy": bytes(broken)})
+    cases[header] = "not a readable .npz file|not a readable array"
+    for path, why in cases.items():
+        with pytest.raises(CheckpointError, match=rf"checkpoint {path}: ({why})"):
+            checkpoint.load(str(path))
+
+    for name, mutate, why in (
+            ("no_arch", lambda m: m.pop("architecture"), "needs an 'architecture' object"),
+            ("extra_list", lambda m: m.__setitem__("extra", [1]), "needs an 'architecture' object"),
+            ("version_true", lambda m: m.__setitem__("version", True), "format version True")):
+        path = str(tmp_path / f"{name}.npz")
+        checkpoint.save(path, model())
+
+        def edit(a, mutate=mutate):
+            meta = _meta(a)
+            mutate(meta)
+            _set_meta(a, meta)
+        _rewrite(path, edit)
+        with pytest.raises(CheckpointError, match=why):
+            checkpoint.load(path)
+
+
+def test_an_architecture_too_large_for_memory_is_refused(tmp_path):
+    path = str(tmp_path / "huge.npz")
+    checkpoint.save(path, mc.Sequential([mc.Dense(2, 2)], name="small"))
+
+    def grow(a):
+        meta = _meta(a)
+        meta["architecture"]["layers"][0]["config"] = {"in_features": 10 ** 6, "out_features": 10 ** 6}
+        _set_meta(a, meta)
+    _rewrite(path, grow)
+    with pytest.raises(CheckpointError, match="declares 1,000,001,000,000 parameter values, the file holds 6"):
+        checkpoint.load(path)
+    for n in (3000, 6000):      # 9M values: built, the stored shape named; 36M: refused unbuilt
+        checkpoint.save(path, mc.Sequential([mc.Dense(2, 2)], name="small"))
+
+        def resize(a, n=n):
+            meta = _meta(a)
+            meta["architecture"]["layers"][0]["config"] = {"in_features": n, "out_features": n}
+            _set_meta(a, meta)
+        _rewrite(path, resize)
+        why = "has shape" if n * n + n <= 6 + checkpoint.ALLOCATION_SLACK else "declares"
+        with pytest.raises(CheckpointError, match=why):
+            checkpoint.load(path)
+
+
+def test_param_shapes_are_the_shapes_a_layer_builds():
+    """``Layer.param_shapes(**config)`` (what load checks before building)
+    against the parameters each layer really holds."""
+    for layer in (mc.Dense(3, 5), mc.Conv2D(2, 4, (3, 2), stride=2, padding=1), mc.Conv2D(1, 1, 1),
+                  mc.MixedPool2D(2, learnable=True), mc.MixedPool2D(2), mc.MaxPool2D(2), mc.ReLU()):
+        want = {k: v.shape for k, v in layer.params.items()}
+        assert type(layer).param_shapes(**layer.config()) == want, layer

@@ -58,6 +58,14 @@ class Layer:
     def backward(self, dout):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @staticmethod
+    def param_shapes(**config) -> dict:
+        """The shapes of the parameters a layer built with ``config`` (its
+        constructor arguments) would hold, without building it: none for
+        layers without parameters.  Used to check a saved architecture
+        against the arrays stored with it before anything is allocated."""
+        return {}
+
     def backward_params(self, dout):
         """Only the parameter gradients (into ``self.grads``); no input gradient.
 

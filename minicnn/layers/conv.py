@@ -120,15 +120,22 @@ class Conv2D(Layer):
         check_window(self.name, self.kernel_size, self.stride, self.padding, max_padding=None)
         kh, kw = self.kernel_size
         fan_in = self.in_channels * kh * kw
-        W = seeding.generator().standard_normal((self.out_channels, self.in_channels, kh, kw))
+        shapes = self.param_shapes(self.in_channels, self.out_channels, self.kernel_size)
+        W = seeding.generator().standard_normal(shapes["W"])
         self.params = {"W": (W * np.sqrt(2.0 / fan_in)).astype(np.float32),
-                       "b": np.zeros(self.out_channels, np.float32)}
+                       "b": np.zeros(shapes["b"], np.float32)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._cols = None      # im2col path: cached column matrix (reused buffer)
         self._xp = None        # direct path: cached padded input (reused buffer)
         self._direct = False   # which path the last forward took
         self._x = None         # im2col path: the input (the sparse backward reads it)
         self._x_shape = None
+
+    @staticmethod
+    def param_shapes(in_channels, out_channels, kernel_size, **_):
+        """The parameters' shapes for these constructor arguments."""
+        kh, kw = pair(kernel_size, "kernel_size", "Conv2D")
+        return {"W": (out_channels, in_channels, kh, kw), "b": (out_channels,)}
 
     def config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,

@@ -21,11 +21,17 @@ class Dense(Layer):
         super().__init__(name)
         self.in_features = _positive_int(self.name, "in_features", in_features)
         self.out_features = _positive_int(self.name, "out_features", out_features)
-        W = seeding.generator().standard_normal((self.in_features, self.out_features))
+        shapes = self.param_shapes(self.in_features, self.out_features)
+        W = seeding.generator().standard_normal(shapes["W"])
         self.params = {"W": (W * np.sqrt(2.0 / self.in_features)).astype(np.float32),
-                       "b": np.zeros(self.out_features, np.float32)}
+                       "b": np.zeros(shapes["b"], np.float32)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._x = None
+
+    @staticmethod
+    def param_shapes(in_features, out_features, **_):
+        """The parameters' shapes for these constructor arguments."""
+        return {"W": (in_features, out_features), "b": (out_features,)}
 
     def config(self):
         return {"in_features": self.in_features, "out_features": self.out_features}

@@ -477,6 +477,11 @@ class MixedPool2D(_Pool):
             self.grads = {"alpha": np.zeros(1, np.float32)}
         self._argmax = self._diff = self._alpha_used = None
 
+    @staticmethod
+    def param_shapes(learnable=False, **_):
+        """The parameters' shapes for these constructor arguments."""
+        return {"alpha": (1,)} if isinstance(learnable, (bool, np.bool_)) and learnable else {}
+
     def config(self):
         return {"kernel_size": self.kernel_size, "stride": self.stride,
                 "alpha": self.alpha, "learnable": self.learnable}
