@@ -541,3 +541,36 @@ def test_fractional_written_out_paths_equal_general_kernel(k, dtype):
         np.testing.assert_array_equal(idx, want_i)
         np.testing.assert_array_equal(y.view(np.uint8), want_y.view(np.uint8))
     assert np.isnan(want_y[0, 1]).any() and np.isnan(want_y[1, 2]).any()
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-160, 1e150, 1e300])
+def test_stochastic_eval_mode_is_exact_at_any_scale(scale):
+    """Q/S is homogeneous of degree 1 and its gradient of degree 0, so
+    scaling the input by ``scale`` scales the output and leaves dx alone.
+    Computed as Q/S and dout/S**2 they overflowed or underflowed far from
+    1 (an audit found inf/NaN gradients at 1e-160 and NaN outputs near the
+    largest float)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.1, 1.0, (2, 3, 6, 6))
+    x[0, 0, :2, :2] = 0.0                                   # a window with S = 0
+    dout = rng.standard_normal((2, 3, 3, 3))
+    ref = StochasticPool2D(2, seed=0).eval()
+    y_ref = ref.forward(x)
+    dx_ref = ref.backward(dout)
+    layer = StochasticPool2D(2, seed=0).eval()
+    y = layer.forward(x * scale)
+    np.testing.assert_allclose(y, y_ref * scale, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(layer.backward(dout), dx_ref, rtol=1e-12, atol=1e-15)
+    assert y[0, 0, 0, 0] == 0.0 and np.all(layer.backward(dout)[0, 0, :2, :2] == 0.0)
+
+
+def test_stochastic_training_mode_samples_where_the_sum_overflows():
+    """Cells near the largest float: S = inf, so every a/S was 0 and no cell
+    could be drawn (output 0, no gradient).  Now the draw runs on the cells
+    divided by the window's largest one."""
+    x = np.full((1, 2, 4, 4), 1.5e308)
+    layer = StochasticPool2D(2, seed=3)
+    y = layer.forward(x)
+    assert np.all(y == 1.5e308)
+    dx = layer.backward(np.ones_like(y))
+    assert dx.sum() == y.size and np.all(dx.reshape(2, 2, 2, 2, 2).sum(axis=(2, 4)) == 1)

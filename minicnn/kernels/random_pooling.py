@@ -24,6 +24,15 @@ from minicnn.kernels.max_pooling import _has_nan, _max9
 # Inside a window the cells a_0, ..., a_{K-1} (K = kh*kw) are taken in
 # row-major order; S = sum a, Q = sum a^2, both accumulated in float64.
 
+@njit(cache=True, inline='always')
+def _window_max(x, n, c, h0, w0, kh, kw):
+    """The largest cell of the window at (h0, w0), as float64."""
+    m = np.float64(0.0)
+    for k in range(kh * kw):
+        m = max(m, np.float64(x[n, c, h0 + k // kw, w0 + k % kw]))
+    return m
+
+
 def _stochastic_pool_forward(x, u, kh, kw, sh, sw, out, index):
     """Training-mode stochastic pooling (Zeiler & Fergus 2013).
 
@@ -35,6 +44,8 @@ def _stochastic_pool_forward(x, u, kh, kw, sh, sw, out, index):
     with ``u * S < a_0 + ... + a_m``.  Then ``out = a_m`` and
     ``index = h_m * W + w_m``.  Cells with ``a_m = 0`` are never chosen.
     A window with ``S = 0`` outputs 0 and ``index = -1`` (no gradient).
+    Where ``S`` overflows to +inf (cells near the largest float) the same
+    rule runs on the cells divided by the window's largest one.
     Backward (``argmax_backward``): ``dx[sampled cell] += dout``.
     Parallel contract: prange over the N*C planes; iteration p writes only
     plane p of ``out`` and ``index``.
@@ -53,12 +64,18 @@ def _stochastic_pool_forward(x, u, kh, kw, sh, sw, out, index):
                 s = np.float64(0.0)
                 for k in range(K):
                     s += x[n, c, h0 + k // kw, w0 + k % kw]
+                scale = np.float64(1.0)
+                if s == np.inf:
+                    scale = _window_max(x, n, c, h0, w0, kh, kw)
+                    s = np.float64(0.0)
+                    for k in range(K):
+                        s += x[n, c, h0 + k // kw, w0 + k % kw] / scale
                 pick = -1
                 if s > 0.0:
                     t = u[n, c, i, j] * s
                     acc = np.float64(0.0)
                     for k in range(K):
-                        acc += x[n, c, h0 + k // kw, w0 + k % kw]
+                        acc += x[n, c, h0 + k // kw, w0 + k % kw] / scale
                         if t < acc:
                             pick = k
                             break
@@ -79,6 +96,11 @@ def _stochastic_pool_eval_forward(x, kh, kw, sh, sw, out):
 
         out = sum_m p_m a_m = Q / S      (0 when S = 0)
 
+    computed on the cells divided by the window's largest one, ``M``:
+    ``out = M * q / s`` with ``s = sum a/M``, ``q = sum (a/M)**2``.  So
+    neither ``Q`` nor ``S`` can overflow or underflow (``s >= 1``), which
+    they did for cells above about 1e154 or below about 1e-154.
+
     Parallel contract: prange over the N*C planes; iteration p writes only
     plane p of ``out``.
     """
@@ -91,13 +113,17 @@ def _stochastic_pool_eval_forward(x, kh, kw, sh, sw, out):
         c = p % C
         for i in range(oH):
             for j in range(oW):
+                top = _window_max(x, n, c, i * sh, j * sw, kh, kw)
+                if top == 0.0:
+                    out[n, c, i, j] = 0.0
+                    continue
                 s = np.float64(0.0)
                 q = np.float64(0.0)
                 for k in range(K):
-                    a = np.float64(x[n, c, i * sh + k // kw, j * sw + k % kw])
-                    s += a
-                    q += a * a
-                out[n, c, i, j] = q / s if s > 0.0 else 0.0
+                    b = np.float64(x[n, c, i * sh + k // kw, j * sw + k % kw]) / top
+                    s += b
+                    q += b * b
+                out[n, c, i, j] = top * (q / s)
 
 
 def _stochastic_pool_eval_backward(x, dout, kh, kw, sh, sw, dx):
@@ -105,13 +131,16 @@ def _stochastic_pool_eval_backward(x, dout, kh, kw, sh, sw, dx):
 
     ``x`` (N, C, H, W), ``dout`` (N, C, oH, oW) -> ``dx`` (N, C, H, W)::
 
-        d(Q/S)/da_m = (2 a_m S - Q) / S^2
-        dx[cell m of window] += dout * (2 a_m S - Q) / S^2
+        d(Q/S)/da_m = (2 a_m S - Q) / S^2 = (2 b_m - q/s) / s
+        dx[cell m of window] += dout * (2 b_m - q/s) / s
 
-    Windows with ``S = 0`` contribute nothing.  ``dx`` is overwritten
-    (zeroed here first).  Parallel contract: prange over the N*C planes;
-    iteration p accumulates only into plane p of ``dx``, so overlapping
-    windows (stride < kernel) cannot race.
+    with ``b = a / M``, ``s``, ``q`` as in the forward (scaled by the
+    window's largest cell ``M``, so that nothing overflows or underflows:
+    ``dout / S**2`` did below about 1e-154).  Windows with ``S = 0``
+    contribute nothing.  ``dx`` is overwritten (zeroed here first).
+    Parallel contract: prange over the N*C planes; iteration p accumulates
+    only into plane p of ``dx``, so overlapping windows (stride < kernel)
+    cannot race.
     """
     N, C, H, W = x.shape
     oH = dout.shape[2]
@@ -125,18 +154,21 @@ def _stochastic_pool_eval_backward(x, dout, kh, kw, sh, sw, dx):
                 dx[n, c, h, w] = 0.0
         for i in range(oH):
             for j in range(oW):
+                top = _window_max(x, n, c, i * sh, j * sw, kh, kw)
+                if top == 0.0:
+                    continue
                 s = np.float64(0.0)
                 q = np.float64(0.0)
                 for k in range(K):
-                    a = np.float64(x[n, c, i * sh + k // kw, j * sw + k % kw])
-                    s += a
-                    q += a * a
-                if s > 0.0:
-                    g = np.float64(dout[n, c, i, j]) / (s * s)
-                    for k in range(K):
-                        h = i * sh + k // kw
-                        w = j * sw + k % kw
-                        dx[n, c, h, w] += g * (2.0 * x[n, c, h, w] * s - q)
+                    b = np.float64(x[n, c, i * sh + k // kw, j * sw + k % kw]) / top
+                    s += b
+                    q += b * b
+                g = np.float64(dout[n, c, i, j]) / s
+                y = q / s
+                for k in range(K):
+                    h = i * sh + k // kw
+                    w = j * sw + k % kw
+                    dx[n, c, h, w] += g * (2.0 * (np.float64(x[n, c, h, w]) / top) - y)
 
 
 # --------------------------------------------------------- fractional max pooling
