@@ -30,6 +30,11 @@ class SoftmaxCrossEntropy:
         labels = np.asarray(labels)
         if logits.ndim != 2:
             raise ValueError(f"{self.name}: expected logits of shape (N, K), got {logits.shape}")
+        if logits.dtype.kind not in "biuf":                # the layers' dtype rule (layers/base.py)
+            raise TypeError(f"{self.name}: expected real-valued logits, got dtype {logits.dtype}")
+        if logits.shape[0] == 0:
+            raise ValueError(f"{self.name}: the batch is empty (logits of shape {logits.shape}); "
+                             "the mean loss of no examples is undefined")
         if logits.dtype not in (np.float32, np.float64):   # ints, float16: the float32 rule
             logits = logits.astype(np.float32)
         if labels.shape != (logits.shape[0],):

@@ -275,3 +275,15 @@ def test_param_shapes_are_the_shapes_a_layer_builds():
                   mc.MixedPool2D(2, learnable=True), mc.MixedPool2D(2), mc.MaxPool2D(2), mc.ReLU()):
         want = {k: v.shape for k, v in layer.params.items()}
         assert type(layer).param_shapes(**layer.config()) == want, layer
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    """mkstemp makes files 0600; a checkpoint gets what open() would give
+    under the current umask."""
+    path = tmp_path / "m.npz"
+    old = os.umask(0o022)
+    try:
+        checkpoint.save(str(path), model())
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644

@@ -297,3 +297,11 @@ def test_non_array_input():
     with pytest.raises(TypeError, match="numpy array"):
         ReLU().forward({"a": 1})
     assert ReLU().forward([[-1, 2]]).dtype == np.float32          # lists become arrays
+
+
+def test_dense_gradients_keep_the_layer_dtype_whatever_dout_is():
+    import minicnn as mc
+    layer = mc.Dense(4, 3)                               # float32
+    layer.forward(np.ones((2, 4), np.float32))
+    dx = layer.backward(np.ones((2, 3), np.float64))
+    assert dx.dtype == np.float32 and layer.grads["W"].dtype == np.float32

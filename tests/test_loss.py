@@ -133,3 +133,14 @@ def test_torch_oracle(scale):
     tl.backward()
     assert loss == pytest.approx(tl.item(), rel=1e-12, abs=1e-12)
     np.testing.assert_allclose(grad, tz.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+def test_logits_follow_the_layers_dtype_rule_and_an_empty_batch_is_refused():
+    from minicnn.losses import SoftmaxCrossEntropy
+    loss = SoftmaxCrossEntropy()
+    for bad in (np.zeros((2, 3), complex), np.zeros((2, 3), object)):
+        with pytest.raises(TypeError, match="SoftmaxCrossEntropy: expected real-valued logits"):
+            loss.forward(bad, np.array([0, 1]))
+    with pytest.raises(ValueError, match="SoftmaxCrossEntropy: the batch is empty"):
+        loss.forward(np.zeros((0, 3)), np.zeros(0, np.int64))
+    assert loss.forward(np.zeros((2, 3), np.int32), np.array([0, 1])) == pytest.approx(np.log(3))

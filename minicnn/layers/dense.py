@@ -49,9 +49,11 @@ class Dense(Layer):
         return dout @ self.params["W"].T
 
     def backward_params(self, dout):
-        """dW and db only; returns the checked ``dout``."""
+        """dW and db only; returns the checked ``dout``, in the layer's dtype
+        (as Conv2D casts it), so that ``dx`` has that dtype too."""
         self._need_forward("_x")
         dout = self._check_dout(dout, (self._x.shape[0], self.out_features))
+        dout = dout.astype(self.params["W"].dtype, copy=False)
         np.matmul(self._x.T, dout, out=self.grads["W"])
         np.sum(dout, axis=0, out=self.grads["b"])
         return dout
