@@ -1,6 +1,6 @@
 """Train the default minicnn model on MNIST through the Python API.
 
-    python examples/train_mnist.py [--epochs 3] [--data-dir DIR]
+    python examples/train_mnist.py [--epochs 3] [--data-dir DIR] [--limit-train N]
 
 The same as `minicnn train`, spelled out: data -> model -> loss ->
 backward -> optimiser, with a one-cycle Adam schedule.  The model is written
@@ -9,22 +9,37 @@ pools first, which is the same network bit for bit with less work (see
 docs/pooling.md, "ReLU and max pooling commute").
 """
 import argparse
+import sys
 
 import minicnn as mc
-from minicnn.data import ensure_mnist, load_mnist
+from minicnn.data import MNISTFormatError, MNISTNotFoundError, ensure_mnist, load_mnist
+from minicnn.download import DownloadError
 from minicnn.train import Trainer, evaluate
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    p.add_argument("--epochs", type=int, default=3)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=_positive_int, default=3, help="epochs (default 3)")
     p.add_argument("--data-dir", default=None, help="MNIST folder (default: $MINICNN_DATA, then the cache)")
-    p.add_argument("--limit-train", type=int, default=None, help="use the first N training images")
+    p.add_argument("--limit-train", type=_positive_int, default=None, help="use the first N training images")
     args = p.parse_args()
 
-    folder = ensure_mnist(args.data_dir, download=True)
-    x_train, y_train = load_mnist(folder, "train", limit=args.limit_train)
-    x_test, y_test = load_mnist(folder, "test")
+    try:
+        folder = ensure_mnist(args.data_dir, download=True)
+        x_train, y_train = load_mnist(folder, "train", limit=args.limit_train)
+        x_test, y_test = load_mnist(folder, "test")
+    except (MNISTNotFoundError, MNISTFormatError, DownloadError) as e:
+        sys.exit(f"train_mnist.py: {e}")
 
     mc.manual_seed(0)
     model = mc.Sequential([
@@ -42,7 +57,7 @@ def main():
     trainer = Trainer(model, optimizer, batch_size=batch_size, seed=0, scheduler=schedule)
     for epoch in trainer.fit(x_train, y_train, args.epochs, x_test, y_test):
         print(f"epoch {epoch['epoch']}: loss {epoch['train_loss']:.4f}, "
-              f"test accuracy {epoch['test_accuracy']:.4f} ({epoch['seconds']:.0f} s)")
+              f"test accuracy {epoch['test_accuracy']:.4f} ({epoch['seconds']:.1f} s)")
     _, accuracy = evaluate(model, x_test, y_test)
     print(f"test accuracy: {100 * accuracy:.2f} %")
 

@@ -85,6 +85,15 @@ def read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     FileNotFoundError or :class:`CheckpointError` naming ``path``."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path}: no such file")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path}: is a folder, not a checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head == b"\x93NUMPY":
+        raise CheckpointError(f"checkpoint {path}: a single .npy array, not an .npz archive")
+    if not head.startswith(b"PK"):      # every zip file (so every .npz) starts with PK
+        raise CheckpointError(f"checkpoint {path}: not a minicnn checkpoint (an .npz archive, "
+                              f"which starts with the bytes PK; this file starts with {head!r})")
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):

@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="input shape (default: the model's)")
 
     g = sub.add_parser("gradcheck", help="check every backward pass against finite differences")
-    g.add_argument("--layers", nargs="*", metavar="NAME", help="only these cases (default: all)")
+    g.add_argument("--layers", nargs="+", metavar="NAME",
+                   help="only the cases whose name starts with one of these (case-insensitive; "
+                        "default: all)")
     g.add_argument("--seed", type=_nonneg_int, default=0)
 
     st = sub.add_parser("study", help="the pooling study: train variants, measure, report",
@@ -232,6 +234,9 @@ def cmd_train(args) -> int:
             print(f"note: {args.resume} holds no run settings beyond seed and batch size; "
                   "flags left out take the model's recipe", file=sys.stderr)
     args.model = args.model or "default"
+    if args.data_dir and Path(args.data_dir).exists() and not Path(args.data_dir).is_dir():
+        raise SystemExit(f"minicnn train: --data-dir {args.data_dir}: is a file; give the folder "
+                         "that holds (or is to hold) the MNIST files")
     for flag_name, path in (("--save", args.save), ("--metrics", args.metrics)):
         if path:
             _check_output_path("train", flag_name, path)
@@ -252,7 +257,8 @@ def cmd_train(args) -> int:
         SGD(params, lr=lr, momentum=run["momentum"], nesterov=run["momentum"] > 0)
     steps = epochs * -(-len(x) // batch_size)
     scheduler = OneCycleLR(optimizer, max_lr=lr, total_steps=steps) if schedule == "onecycle" else None
-    resume_flags = f" --data-dir {shlex.quote(args.data_dir)}" if args.data_dir else ""
+    resume_flags = "".join(f" {flag_name} {shlex.quote(value)}" for flag_name, value
+                           in (("--data-dir", args.data_dir), ("--metrics", args.metrics)) if value)
     trainer = Trainer(model, optimizer, batch_size=batch_size, seed=args.seed, scheduler=scheduler,
                       grad_clip=run["grad_clip"], checkpoint_path=args.save or args.resume,
                       progress=not args.no_progress, model_name=args.model, run=run,
@@ -269,8 +275,13 @@ def cmd_train(args) -> int:
         if changed:
             print("changed from the checkpoint's run: " + "; ".join(changed)
                   + " (so the result differs from the run's uninterrupted end)")
+        if trainer.epoch >= epochs:
+            print(f"{args.resume}: the run is already complete ({trainer.epoch} of {epochs} "
+                  f"epoch{'s' if epochs != 1 else ''}); give --epochs N with N > {trainer.epoch} "
+                  "to train further")
+            return 0
     print(f"training {args.model} ({model.num_params():,} parameters) on {len(x):,} MNIST images: "
-          f"{epochs} epochs, batch {batch_size}, {opt_name} lr {lr:g} ({schedule})")
+          f"{epochs} epoch{'s' if epochs != 1 else ''}, batch {batch_size}, {opt_name} lr {lr:g} ({schedule})")
     history = trainer.fit(x, y, epochs, x_test, y_test)
     for h in history:
         print(f"epoch {h['epoch']}: train loss {h['train_loss']:.4f}, train acc {h['train_accuracy']:.4f}, "
@@ -327,9 +338,17 @@ def cmd_summary(args) -> int:
 
 
 def cmd_gradcheck(args) -> int:
-    from minicnn.gradcheck_cases import run_cases
+    from minicnn.gradcheck_cases import CASES, run_cases
 
-    return 0 if run_cases(args.layers, seed=args.seed) else 1
+    names = args.layers or []
+    unknown = [n for n in names if not n.strip()
+               or not any(c.name.lower().startswith(n.lower()) for c in CASES)]
+    if unknown:
+        listing = "".join(f"\n  {c.name}" for c in CASES)
+        print(f"minicnn gradcheck: error: --layers {', '.join(map(repr, unknown))} names no case; "
+              f"the cases (give the start of a name):{listing}", file=sys.stderr)
+        return 2
+    return 0 if run_cases(names or None, seed=args.seed) else 1
 
 
 def cmd_study(args) -> int:
@@ -397,6 +416,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from minicnn.checkpoint import CheckpointError
     from minicnn.data import MNISTFormatError, MNISTNotFoundError
+    from minicnn.download import DownloadError
     from minicnn.train import NonFiniteError, TrainingInterrupted
 
     try:
@@ -407,7 +427,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\naborted", file=sys.stderr)
         return 130
-    except (MNISTNotFoundError, MNISTFormatError, CheckpointError, NonFiniteError, FileNotFoundError) as e:
+    except (MNISTNotFoundError, MNISTFormatError, DownloadError, CheckpointError, NonFiniteError,
+            FileNotFoundError) as e:
         print(f"minicnn {args.command}: {e}", file=sys.stderr)
         return 1
 

@@ -195,13 +195,19 @@ def _chosen_folder(data_dir) -> tuple[Path, str]:
 
 
 def _not_found(folder: Path, origin: str, missing: list[str]) -> MNISTNotFoundError:
+    state = "" if folder.is_dir() else (": it is a file, not a folder" if folder.exists()
+                                        else ": no such folder")
+    into = ("python data_scripts/download_mnist.py              # download into the cache folder"
+            if folder == default_cache_dir() else
+            f"python data_scripts/download_mnist.py --dest {folder}   # download into this folder")
     lines = [
         "MNIST not found.",
-        f"  looked in: {folder} ({origin})",
+        f"  looked in: {folder} ({origin}){state}",
         "  missing:   " + ", ".join(f"{name}[.gz]" for name in missing),
         f"  search order: --data-dir, then $MINICNN_DATA, then {default_cache_dir()}",
+        "  (a folder given by --data-dir or $MINICNN_DATA is never replaced by a later one)",
         "To get MNIST (files are verified by MD5):",
-        "  python data_scripts/download_mnist.py              # download into the cache folder",
+        f"  {into}",
         "  python data_scripts/download_mnist.py --dest DIR   # download into DIR",
         "  python data_scripts/download_mnist.py --source DIR # import from a local folder of the files",
         "  minicnn train --download                           # download on first use",

@@ -167,6 +167,7 @@ class Trainer:
         try:
             for xb, yb in it:
                 if self._stop_requested:
+                    self.epoch_seconds = time.perf_counter() - t0    # saved with the checkpoint
                     self._interrupt()
                 where = f"epoch {self.epoch + 1}, step {self.step + 1}"
                 loss, correct = self.train_step(xb, yb, where)

@@ -258,3 +258,49 @@ def test_bad_inputs_give_one_line_naming_the_flag_or_file(synthetic_mnist_dir, t
         with pytest.raises(SystemExit, match=rf"minicnn train: {flag_name} .*: {why}"):
             main(["train", *common, flag_name, str(path)])
         assert "training" not in capsys.readouterr().out
+
+
+def test_more_failures_give_one_line(synthetic_mnist_dir, tmp_path, monkeypatch, capsys):
+    """A second audit: a failed download, --data-dir naming a file, a JSON
+    file given as a checkpoint, unknown --layers, a finished run resumed."""
+    import minicnn.download
+    from minicnn.download import DownloadError
+
+    def offline(folder, **kwargs):
+        raise DownloadError("could not download train-images-idx3-ubyte.gz from any mirror")
+    monkeypatch.setattr(minicnn.download, "download_mnist", offline)
+    assert main(["train", "--download", "--data-dir", str(tmp_path / "empty"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err == "minicnn train: could not download train-images-idx3-ubyte.gz from any mirror\n"
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=r"--data-dir .*afile: is a file; give the folder"):
+        main(["train", "--data-dir", str(tmp_path / "afile")])
+
+    (tmp_path / "m.json").write_text('{"model": "lenet"}')
+    assert main(["evaluate", "--load", str(tmp_path / "m.json"), "--data-dir", synthetic_mnist_dir]) == 1
+    assert "not a minicnn checkpoint (an .npz archive" in capsys.readouterr().err
+
+    assert main(["gradcheck", "--layers", "Dense", "Foo"]) == 2
+    err = capsys.readouterr().err
+    assert "--layers 'Foo' names no case" in err and "\n  Conv2D stride 2, 2x3 kernel" in err
+    assert main(["gradcheck", "--layers", " "]) == 2
+    with pytest.raises(SystemExit):
+        main(["gradcheck", "--layers"])                     # argparse: at least one name
+    capsys.readouterr()
+
+    ck, metrics = tmp_path / "ck.npz", tmp_path / "m2.json"
+    common = ["--data-dir", synthetic_mnist_dir, "--no-progress"]
+    assert main(["train", "--model", "lenet", "--epochs", "1", "--limit-train", "64", "--save", str(ck),
+                 *common]) == 0
+    assert "1 epoch, batch" in capsys.readouterr().out
+    assert main(["train", "--resume", str(ck), *common]) == 0
+    out = capsys.readouterr().out
+    assert "the run is already complete (1 of 1 epoch); give --epochs N with N > 1" in out
+    assert "epoch 1:" not in out                            # nothing trained, no old history printed
+    with monkeypatch.context() as m:
+        _interrupt_at(m, "epoch 1, step 1")
+        assert main(["train", "--model", "lenet", "--epochs", "1", "--limit-train", "128", "--save", str(ck),
+                     "--metrics", str(metrics), *common]) == 130
+    hint = [l for l in capsys.readouterr().err.splitlines() if "resume with" in l][0]
+    assert hint.endswith(f"--resume {ck} --data-dir {synthetic_mnist_dir} --metrics {metrics}")

@@ -440,3 +440,18 @@ def test_real_mnist_md5_matches_table(name):
     path = data.find_mnist_file(find_data_dir(), name)
     assert content_md5(path) == MNIST_MD5[name]
     assert check_file(path, name) is None
+
+
+def test_not_found_says_what_the_chosen_path_is_and_how_to_fill_it(tmp_path, monkeypatch):
+    from minicnn.data import MNISTNotFoundError, find_data_dir
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    monkeypatch.setenv("MINICNN_DATA", str(afile))
+    with pytest.raises(MNISTNotFoundError, match=r"from \$MINICNN_DATA\): it is a file, not a folder"):
+        find_data_dir()
+    monkeypatch.setenv("MINICNN_DATA", str(tmp_path / "none"))
+    with pytest.raises(MNISTNotFoundError) as e:
+        find_data_dir()
+    msg = str(e.value)
+    assert ": no such folder" in msg and f"download_mnist.py --dest {tmp_path / 'none'}" in msg
+    assert "into the cache folder" not in msg             # the cache cannot help an explicit folder

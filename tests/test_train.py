@@ -136,6 +136,7 @@ def test_interrupt_saves_and_resume_reproduces_uninterrupted_run_bit_for_bit(syn
     trainer.train_step = step
     with pytest.raises(TrainingInterrupted, match=r"resume with: minicnn train --resume"):
         trainer.fit(x, y, 2)
+    assert checkpoint.load(path)[1]["extra"]["epoch_seconds"] > 0   # the time before the stop is kept
 
     # resume in a fresh process-like setting: everything rebuilt from the file
     model2, meta, optim_arrays = checkpoint.load(path)
