@@ -6,11 +6,14 @@
 
 A thin command line over :mod:`minicnn.download`, which holds the logic (the
 ``minicnn train --download`` command uses the same code).  Exit codes: 0 done,
-1 failed (one-line message on stderr), 2 bad arguments, 130 interrupted.
+1 failed (one-line message on stderr), 2 bad arguments (argparse's usage
+errors, and a ``--dest`` that is not a folder or a ``--source`` that is not an
+existing folder, one line, checked before anything is fetched), 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -25,17 +28,46 @@ except ModuleNotFoundError as exc:  # a source checkout before `pip install -e .
 from minicnn.data import default_cache_dir
 
 
+def _timeout(text: str) -> float:
+    """An argparse type: seconds, a finite number > 0 (``urlopen`` raises a
+    ValueError below 0, and 0 makes every connection fail at once)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _path_problem(flag: str, path: Path, must_exist: bool, given: bool = True) -> str | None:
+    """None if ``path`` is a folder (or, unless ``must_exist``, does not exist
+    yet and can be created), else a one-line reason naming ``flag`` (``given``:
+    False when ``path`` is the default, not the user's)."""
+    if path.is_dir():
+        return None
+    where = f"{flag} {path}" if given else f"the default folder {path} (no {flag} given)"
+    if path.exists():
+        return f"{where}: is a file; {flag} must be a folder"
+    if must_exist:
+        return f"{where}: does not exist; {flag} must be a folder holding the MNIST files"
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"{where}: cannot be created: {parent} is a file; {flag} must be a folder"
+    return None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="download_mnist.py",
         description="Download the four MNIST files (or import them from a local folder) "
                     "and verify the MD5 of their decompressed content.")
-    parser.add_argument("--dest", type=Path, default=None,
+    parser.add_argument("--dest", type=Path, default=None, metavar="DIR",
                         help=f"folder to put the files in (default: {default_cache_dir()})")
-    parser.add_argument("--source", type=Path, default=None,
+    parser.add_argument("--source", type=Path, default=None, metavar="DIR",
                         help="import from this local folder instead of downloading")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="network timeout per request, seconds (default: 60)")
+    parser.add_argument("--timeout", type=_timeout, default=60.0, metavar="SECONDS",
+                        help="network timeout per request, seconds > 0 (default: 60)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bars or per-file messages")
     return parser.parse_args(argv)
@@ -49,6 +81,12 @@ def main(argv=None, opener=None) -> int:
         return int(exc.code or 0)
     dest = args.dest.expanduser() if args.dest is not None else default_cache_dir()
     log = None if args.quiet else print
+    problem = _path_problem("--dest", dest, must_exist=False, given=args.dest is not None)
+    if problem is None and args.source is not None:
+        problem = _path_problem("--source", args.source.expanduser(), must_exist=True)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         if args.source is not None:
             actions = download.import_mnist(args.source, dest, log=log)

@@ -338,8 +338,50 @@ def test_script_download_failure_is_one_line(script, content, tmp_path, capsys):
 
 
 def test_script_import_failure_is_one_line(script, content, tmp_path, capsys):
-    assert script.main(["--source", str(tmp_path / "nowhere"), "--dest", str(tmp_path), "-q"]) == 1
-    assert "not a folder" in one_line_error(capsys)
+    source = mixed_source(tmp_path / "src", content)
+    (source / "t10k-labels-idx1-ubyte").write_bytes(b"not MNIST")
+    assert script.main(["--source", str(source), "--dest", str(tmp_path / "dest"), "-q"]) == 1
+    assert "MD5 of decompressed content is" in one_line_error(capsys)
+
+
+def test_script_source_must_be_an_existing_folder(script, content, tmp_path, capsys):
+    """A missing --source is said to be missing (not "not a folder"), a file
+    is said to be a file: one line, exit 2 (bad arguments), nothing created."""
+    dest = tmp_path / "dest"
+    assert script.main(["--source", str(tmp_path / "nowhere"), "--dest", str(dest), "-q"]) == 2
+    err = one_line_error(capsys)
+    assert err == f"error: --source {tmp_path / 'nowhere'}: does not exist; --source must be a folder " \
+                  "holding the MNIST files\n"
+    (tmp_path / "afile").write_bytes(b"x")
+    assert script.main(["--source", str(tmp_path / "afile"), "--dest", str(dest), "-q"]) == 2
+    assert one_line_error(capsys) == f"error: --source {tmp_path / 'afile'}: is a file; --source must be a folder\n"
+    assert not dest.exists()
+
+
+def test_script_dest_must_be_a_folder_checked_before_downloading(script, content, tmp_path, capsys):
+    """--dest naming a file, or a path under a file, is refused before any
+    request: one line naming --dest (it printed "[Errno 17] File exists")."""
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"keep me")
+    web = FakeWeb(good_routes(content))
+    assert script.main(["--dest", str(afile), "-q"], opener=web) == 2
+    assert one_line_error(capsys) == f"error: --dest {afile}: is a file; --dest must be a folder\n"
+    assert script.main(["--dest", str(afile / "sub"), "-q"], opener=web) == 2
+    assert one_line_error(capsys) == (f"error: --dest {afile / 'sub'}: cannot be created: {afile} is a file; "
+                                      "--dest must be a folder\n")
+    source = mixed_source(tmp_path / "src", content)
+    assert script.main(["--source", str(source), "--dest", str(afile), "-q"]) == 2
+    assert "--dest" in one_line_error(capsys)
+    assert web.requests == [] and afile.read_bytes() == b"keep me"
+
+
+def test_script_default_dest_that_is_a_file_is_named(script, content, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    (tmp_path / "minicnn").mkdir()
+    (tmp_path / "minicnn" / "mnist").write_bytes(b"x")
+    assert script.main(["-q"], opener=FakeWeb(good_routes(content))) == 2
+    err = one_line_error(capsys)
+    assert err.startswith(f"error: the default folder {tmp_path / 'minicnn' / 'mnist'} (no --dest given): is a file")
 
 
 def test_script_interrupt_exit_code(script, content, tmp_path, capsys):
@@ -355,8 +397,29 @@ def test_script_usage_errors(script, capsys):
     assert script.main(["--no-such-option"]) == 2
     assert "usage:" in capsys.readouterr().err
     assert script.main(["--timeout", "soon"]) == 2
+    assert "argument --timeout: expected a number of seconds > 0, got 'soon'" in capsys.readouterr().err
     assert script.main(["--help"]) == 0
     assert "--source" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "-0", "nan", "inf", "-inf", "1e-400"])
+def test_script_timeout_must_be_a_finite_positive_number(script, content, tmp_path, capsys, value):
+    """-1 gave a ValueError traceback from the socket, 0 failed every mirror
+    ("Operation now in progress"), nan and inf were accepted: argparse
+    refuses each, naming --timeout, and nothing is fetched."""
+    web = FakeWeb(good_routes(content))
+    assert script.main([f"--timeout={value}", "--dest", str(tmp_path), "-q"], opener=web) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage:") and "Traceback" not in err
+    assert err.splitlines()[-1] == (f"download_mnist.py: error: argument --timeout: "
+                                    f"expected a number of seconds > 0, got {value!r}")
+    assert web.requests == [] and os.listdir(tmp_path) == []
+
+
+def test_script_passes_a_valid_timeout_on(script, content, tmp_path):
+    web = FakeWeb(good_routes(content))
+    assert script.main(["--timeout", "0.5", "--dest", str(tmp_path), "-q"], opener=web) == 0
+    assert web.timeouts == [0.5] * 4
 
 
 def test_script_runs_as_a_file_from_anywhere(content, tmp_path):
