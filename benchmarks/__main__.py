@@ -4,11 +4,15 @@
     python -m benchmarks --quick            # smaller run (~3 min)
     python -m benchmarks --only pooling,conv --repeats 3 --out /tmp/bench
 
-Results: ``<out>/<date>-<host>[-quick].md`` and ``.json`` beside it.
+Results: ``<out>/<date>-<host>[-quick].md`` and ``.json`` beside it; an
+existing report is never replaced: a later run the same day is written as
+``<date>-<host>[-quick]-2``, ``-3``, ...  ``--out`` is checked (a folder, or
+created as one) before any section runs.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -33,9 +37,12 @@ class Context:
 
 def _sections(text):
     names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"empty list of sections {text!r}; give one or more of "
+                                         f"{', '.join(SECTIONS)}, comma-separated")
     bad = [s for s in names if s not in SECTIONS]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown section(s) {bad or text!r}; choose from {', '.join(SECTIONS)}")
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
     return names
 
 
@@ -49,6 +56,34 @@ def _positive_int(text):
     return v
 
 
+def _seconds(text):
+    """``--min-sample``: a finite number of seconds >= 0 (0: one call per sample)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return v
+
+
+def _out_problem(out):
+    """None when ``out`` is a writable folder (created, with its parents, if
+    missing), else why not, one line naming ``--out``.  Checked before any
+    section runs, so a bad ``--out`` does not lose a run's results."""
+    if not out:
+        return "argument --out: expected a folder, got ''"
+    if os.path.exists(out) and not os.path.isdir(out):
+        return f"argument --out: {out} is a file; --out must be a folder (created if missing)"
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        return f"argument --out: cannot create the folder {out}: {e.strerror or e}"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"argument --out: the folder {out} is not writable"
+    return None
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -60,10 +95,12 @@ def build_parser():
                    help=f"comma-separated sections to run (default: all): {','.join(SECTIONS)}")
     p.add_argument("--repeats", type=_positive_int, metavar="N",
                    help="timed samples per figure; the median and min are reported (default 7, quick 3)")
-    p.add_argument("--min-sample", type=float, default=0.02, metavar="SECONDS",
-                   help="inner-loop calls until one sample lasts at least this long (default 0.02)")
+    p.add_argument("--min-sample", type=_seconds, default=0.02, metavar="SECONDS",
+                   help="inner-loop calls until one sample lasts at least this long (default 0.02; "
+                        "0: one call per sample)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                   help="output folder (default benchmarks/results)")
+                   help="output folder, created if missing (default benchmarks/results); an existing "
+                        "report is never replaced: a later run the same day gets -2, -3, ...")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns even if torch imports")
     p.add_argument("--no-contend", action="store_true",
                    help="thread study: skip the contended scenario (busy-loop processes on every core)")
@@ -76,7 +113,11 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = _out_problem(args.out)
+    if problem:
+        parser.error(problem)
     from benchmarks import harness, report
     from benchmarks.harness import Timing, log
 
@@ -144,7 +185,11 @@ def main(argv=None) -> int:
     results["meta"]["wall"] = time.perf_counter() - t_start
     results["targets"] = report.targets(results)
     suffix = "-tiny" if args.tiny else "-quick" if args.quick else ""
-    md, js = report.write(results, args.out, suffix=suffix)
+    date = time.strftime("%Y-%m-%d")
+    md, js = report.write(results, args.out, suffix=suffix, date=date)
+    first = report.output_paths(args.out, results["environment"].get("host", "host"), date=date, suffix=suffix)[0]
+    if md != first:
+        log(f"{first} exists: not replaced; this run's report gets the next free name")
     log(f"wrote {md}\nwrote {js}")
     for t in results["targets"]:
         log(f"  {'PASS' if t['pass'] else 'FAIL' if t['pass'] is False else '----'}  {t['target']}: {t['measured']}")

@@ -361,6 +361,43 @@ def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path):
 def test_output_paths_use_date_and_host(tmp_path):
     md, js = report.output_paths(str(tmp_path), "a b", date="2031-05-06")
     assert md == os.path.join(str(tmp_path), "2031-05-06-a_b.md") and js.endswith("2031-05-06-a_b.json")
+    md, js = report.output_paths(str(tmp_path), "a b", date="2031-05-06", suffix="-quick", n=3)
+    assert md == os.path.join(str(tmp_path), "2031-05-06-a_b-quick-3.md") and js == md[:-3] + ".json"
+
+
+def test_write_never_replaces_a_report_and_history_reads_the_new_names(tmp_path):
+    """A second run the same day replaced the first report (committed ones
+    too): it gets the next free name, -2, -3, ...; the first keeps its name.
+    A name is taken when either of its two files exists."""
+    from benchmarks import history
+    first = report.write(_full_results(), str(tmp_path), suffix="-quick", date="2031-05-06")
+    before = [open(p).read() for p in first]
+    (tmp_path / "2031-05-06-my_host_1-quick-3.md").write_text("a stray file, kept")
+    written = [first] + [report.write(_full_results(), str(tmp_path), suffix="-quick", date="2031-05-06")
+                         for _ in range(2)]
+    names = [os.path.basename(md)[:-3] for md, _ in written]
+    assert names == ["2031-05-06-my_host_1-quick", "2031-05-06-my_host_1-quick-2", "2031-05-06-my_host_1-quick-4"]
+    assert [open(p).read() for p in first] == before
+    assert (tmp_path / "2031-05-06-my_host_1-quick-3.md").read_text() == "a stray file, kept"
+    assert not (tmp_path / "2031-05-06-my_host_1-quick-3.json").exists()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]          # no temporary file left
+    for md, js in written:
+        assert json.loads(open(js).read())["targets"] and open(md).read().startswith("# minicnn benchmarks")
+    table = history.table(str(tmp_path), links="r/")
+    for name in names:
+        assert f"| [{name}](r/{name}.md) |" in table
+
+
+def test_write_without_hard_links_still_never_replaces(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "link", no_links)
+    a = report.write(_full_results(), str(tmp_path), date="2031-05-06")
+    b = report.write(_full_results(), str(tmp_path), date="2031-05-06")
+    assert os.path.basename(a[1]) == "2031-05-06-my_host_1.json"
+    assert os.path.basename(b[1]) == "2031-05-06-my_host_1-2.json"
+    assert json.loads(open(a[1]).read()) == json.loads(open(b[1]).read())
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in a + b)
 
 
 # ----------------------------------------------------------- subprocesses
@@ -707,6 +744,71 @@ def test_minicnn_bench_without_a_checkout_says_where_the_suite_is(monkeypatch, c
     assert cli.main(["bench", "--quick"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("minicnn bench: ") and "benchmarks/" in err and "python -m benchmarks" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--min-sample", "-1"], "argument --min-sample: expected a number of seconds >= 0, got '-1'"),
+    (["--min-sample", "nan"], "argument --min-sample: expected a number of seconds >= 0, got 'nan'"),
+    (["--min-sample", "inf"], "argument --min-sample: expected a number of seconds >= 0, got 'inf'"),
+    (["--min-sample", "soon"], "argument --min-sample: expected a number of seconds >= 0, got 'soon'"),
+    (["--repeats", "0"], "argument --repeats: expected a positive integer, got '0'"),
+    (["--repeats", "nan"], "argument --repeats: expected a positive integer, got 'nan'"),
+    (["--repeats", "2.5"], "argument --repeats: expected a positive integer, got '2.5'"),
+    (["--only", ","], "argument --only: empty list of sections ','"),
+    (["--only", ""], "argument --only: empty list of sections ''"),
+    (["--only", "pooling,nope"], "argument --only: unknown section(s) ['nope']"),
+])
+def test_bad_numbers_and_section_lists_are_usage_errors(argv, message, capsys):
+    """--min-sample -1 and nan started the full run; --only , said "unknown
+    section(s) ','"."""
+    from benchmarks.__main__ import build_parser
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"python -m benchmarks: error: {message}" in err and "Traceback" not in err
+
+
+def test_min_sample_zero_means_one_call_per_sample():
+    from benchmarks.__main__ import build_parser
+    assert build_parser().parse_args(["--min-sample", "0"]).min_sample == 0.0
+    assert harness.calls_per_sample(1e-6, 0.0) == 1
+
+
+def test_out_is_checked_before_any_work(tmp_path, monkeypatch, capsys):
+    """--out naming a file ran every section, then lost the results to a
+    FileExistsError traceback: it is refused up front (exit 2, naming --out);
+    a missing folder is created."""
+    from benchmarks import __main__ as bench
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a benchmark started despite a bad --out")
+    monkeypatch.setattr(harness, "loadavg", no_work)
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    for out, message in ((afile, f"argument --out: {afile} is a file; --out must be a folder (created if missing)"),
+                         (afile / "sub", f"argument --out: cannot create the folder {afile / 'sub'}: "),
+                         ("", "argument --out: expected a folder, got ''")):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(["--tiny", "--only", "conv", "--out", str(out)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"python -m benchmarks: error: {message}" in err and "Traceback" not in err
+    assert afile.read_text() == "keep"
+    assert bench._out_problem(str(tmp_path / "new" / "folder")) is None
+    assert (tmp_path / "new" / "folder").is_dir()
+
+
+def test_a_second_run_the_same_day_keeps_the_first_report(tmp_path):
+    """Two runs into one folder: the second's report is ``...-tiny-2`` and says so."""
+    cmd = [sys.executable, "-m", "benchmarks", "--tiny", "--no-torch", "--only", "conv", "--out", str(tmp_path)]
+    runs = [subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr[-3000:]
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 4 and [f for f in files if f.endswith("-tiny-2.md") or f.endswith("-tiny-2.json")]
+    first = next(f for f in files if f.endswith("-tiny.md"))
+    assert f"{tmp_path / first} exists: not replaced" in runs[1].stderr
+    assert f"wrote {tmp_path / first[:-3]}-2.md" in runs[1].stderr
 
 
 def test_bad_section_is_a_usage_error():
