@@ -11,30 +11,62 @@ results.csv and PNGs into the run folder.  A rerun with the same --run-dir
 skips the variants already done.
 """
 import argparse
+import os
+import sys
 
+from minicnn.checkpoint import CheckpointError
+from minicnn.data import MNISTFormatError, MNISTNotFoundError
 from minicnn.study import StudyConfig, StudyError, run_study
+from minicnn.study.variants import parse_variant_list
+from minicnn.train import NonFiniteError, TrainingInterrupted
+
+
+def positive_int(text):
+    """argparse type for --seeds and --epochs."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def variant_list(text):
+    """argparse type for --variants: a comma-separated, non-empty list of known names."""
+    try:
+        return parse_variant_list(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a small subset, 1 epoch, 1 seed")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per variant (default 3; quick 1)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 2; quick 1)")
-    p.add_argument("--variants", default=None, help="comma-separated subset, e.g. max,avg,spp")
+    p.add_argument("--seeds", type=positive_int, default=None, help="seeds per variant (default 3; quick 1)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 2; quick 1)")
+    p.add_argument("--variants", type=variant_list, default=None,
+                   help="comma-separated subset, e.g. max,avg,spp")
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<timestamp>)")
     p.add_argument("--data-dir", default=None, help="MNIST folder (default: $MINICNN_DATA, then the cache)")
     args = p.parse_args()
 
-    options = {"seeds": args.seeds, "epochs": args.epochs,
-               "variants": tuple(args.variants.split(",")) if args.variants else None}
+    options = {"seeds": args.seeds, "epochs": args.epochs, "variants": args.variants}
     try:
         if args.quick:
             config = StudyConfig.quick_mode(**options)
         else:
             config = StudyConfig(**{k: v for k, v in options.items() if v is not None})
         run_study(config, run_dir=args.run_dir, data_dir=args.data_dir)
-    except StudyError as e:   # bad variant name, or a run folder made with other settings
-        p.error(str(e))
+    except (StudyError, MNISTNotFoundError, MNISTFormatError, CheckpointError, NonFiniteError) as e:
+        # a --run-dir that is a file or was made with other settings, MNIST missing or
+        # damaged: one message and status 1, as `minicnn study` gives
+        sys.exit(f"pooling_study.py: {e}")
+    except TrainingInterrupted as e:
+        folder = os.path.dirname(os.path.dirname(e.checkpoint))
+        print(f"\npooling_study.py: interrupted; finished runs and the one in progress are saved in "
+              f"{folder}; resume with the same command plus --run-dir {folder}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

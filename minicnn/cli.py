@@ -149,12 +149,11 @@ def _study_variants():
 
 
 def _variant_list(text):
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in _study_variants()]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown) or repr(text)}; "
-                                         f"choose from: {', '.join(_study_variants())}")
-    return tuple(dict.fromkeys(names))
+    from minicnn.study.variants import parse_variant_list
+    try:
+        return parse_variant_list(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ----------------------------------------------------------------- commands

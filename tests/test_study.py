@@ -19,8 +19,14 @@ from minicnn.losses import SoftmaxCrossEntropy
 from minicnn.models import build_model
 from minicnn.study import (BACKGROUND, DIRECTIONS, StudyConfig, StudyError, VARIANTS, all_shifts,
                            build_variant, param_counts, run_study, shift_images, to_canvas)
+from minicnn.data import MNISTNotFoundError, load_mnist
+from minicnn.study import report as study_report
+from minicnn.study import runner
+from minicnn.study.plots import PLOT_FILES
 from minicnn.study.report import CSV_COLUMNS
-from minicnn.study.variants import head_start
+from minicnn.study.variants import head_start, parse_variant_list
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "pooling_study.py")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -200,8 +206,11 @@ def test_study_writes_report_json_csv_with_expected_columns(study_run):
     report = open(os.path.join(run_dir, "report.md")).read()
     for fragment in ("| variant", "dense-head params", "head input", "test acc %", "train s/epoch",
                      "infer ms/batch", "shift 1px", "shift 3px", "max 2x2", "SPP head", "24×24",
-                     "fixed-size model on 32×32: ValueError:", "`pytest`", "numba threads"):
+                     "fixed-size model on 32×32: ValueError:", "`pytest`", "numba threads",
+                     "after a warm-up: before each run's timed epochs, one forward and",
+                     "Test accuracy: 1 seed (no std) on 64 test images; 1 epoch on 256 training images"):
         assert fragment in report
+    assert "epoch(s)" not in report and "mean ± std over 1 seed" not in report
 
 
 def test_study_learns_the_synthetic_task(study_run):
@@ -214,6 +223,7 @@ def test_plots_are_valid_pngs_when_matplotlib_is_present(study_run):
     run_dir, results = study_run
     files = results["plots"]["files"]
     assert {"accuracy_vs_params.png", "accuracy_vs_shift.png", "feature_maps.png"} <= set(files)
+    assert set(files) <= set(PLOT_FILES)                 # the names stale-plot removal knows
     for name in files:
         with open(os.path.join(run_dir, name), "rb") as f:
             assert f.read(8) == PNG_MAGIC
@@ -305,7 +315,7 @@ def test_cli_study_prints_the_markdown_table(synthetic_mnist_dir, tmp_path, caps
     (["study", "--seeds", "0"], "--seeds: expected a positive integer"),
     (["study", "--epochs", "x"], "--epochs: expected a positive integer"),
     (["study", "--variants", "max,median"], "--variants: unknown variant(s) median"),
-    (["study", "--variants", ","], "--variants: unknown variant(s)"),
+    (["study", "--variants", ","], "--variants: empty list"),
     (["study", "--lr", "-1"], "--lr: expected a positive"),
     (["study", "--limit-train", "0"], "--limit-train: expected a positive integer"),
 ])
@@ -332,3 +342,176 @@ def test_cli_ctrl_c_says_how_to_resume_the_study(monkeypatch, capsys):
     assert main(["study", "--quick", "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert f"--run-dir {os.path.join('runs', 'x')}" in err and "minicnn train" not in err
+
+
+# --------------------------------------------------- audit: run folder, data
+def test_run_dir_that_is_a_file_or_under_one_is_refused_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    no_data = str(tmp_path / "no-mnist")             # the folder is checked before the data
+    for run_dir in (a_file, a_file / "x", a_file / "x" / "y"):
+        with pytest.raises(StudyError, match=r"--run-dir .*: .*is a file; expected a folder"):
+            run_study(tiny_config(variants=("gap",)), run_dir=str(run_dir), data_dir=no_data,
+                      progress=False, plots=False)
+        assert main(["study", "--quick", "--variants", "gap", "--run-dir", str(run_dir),
+                     "--data-dir", no_data, "--no-plots", "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("minicnn study: --run-dir ") and "expected a folder" in err
+        assert err.count("\n") == 1                    # one line, no traceback
+    assert a_file.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("content, why", [("garbage\n", "Expecting value"),
+                                          ("[1, 2]\n", "expected a JSON object, found list")])
+def test_damaged_settings_json_is_a_study_error(content, why, synthetic_mnist_dir, tmp_path):
+    (tmp_path / "settings.json").write_text(content)
+    with pytest.raises(StudyError, match=f"run folder {tmp_path}: settings.json is unreadable") as e:
+        run_study(tiny_config(variants=("gap",)), run_dir=str(tmp_path), data_dir=synthetic_mnist_dir,
+                  progress=False, plots=False)
+    assert why in str(e.value) and "--run-dir" in str(e.value)
+
+
+def test_missing_mnist_leaves_no_run_folder_and_no_settings(tmp_path):
+    new, old = tmp_path / "new", tmp_path / "old"
+    old.mkdir()
+    for run_dir in (new, old):
+        with pytest.raises(MNISTNotFoundError):
+            run_study(tiny_config(variants=("gap",)), run_dir=str(run_dir),
+                      data_dir=str(tmp_path / "no-mnist"), progress=False, plots=False)
+    assert not new.exists() and list(old.iterdir()) == []
+    # nothing locked in: the same folder then takes other settings
+    with pytest.raises(MNISTNotFoundError):
+        run_study(tiny_config(variants=("gap",), epochs=2), run_dir=str(old),
+                  data_dir=str(tmp_path / "no-mnist"), progress=False, plots=False)
+
+
+# ------------------------------------------------------- audit: warm-up
+def _tiny_data(folder):
+    x, y = load_mnist(folder, "train", limit=128)
+    xt, yt = load_mnist(folder, "test", limit=32)
+    return {"train": (x, y), "test": (xt, yt), "shift": (xt[:8], yt[:8])}
+
+
+def test_warm_up_runs_on_one_full_batch_before_the_timed_epochs(synthetic_mnist_dir, monkeypatch):
+    events = []
+    real_warm_up, real_fit = runner.warm_up, minicnn.train.Trainer.fit
+
+    def recording_warm_up(model, xb, yb):
+        events.append(("warm_up", len(xb), len(yb)))
+        real_warm_up(model, xb, yb)
+
+    def recording_fit(self, *a, **k):
+        events.append(("fit",))
+        return real_fit(self, *a, **k)
+
+    monkeypatch.setattr(runner, "warm_up", recording_warm_up)
+    monkeypatch.setattr(minicnn.train.Trainer, "fit", recording_fit)
+    runner.train_one("gap", 0, tiny_config(batch_size=32), _tiny_data(synthetic_mnist_dir), False)
+    assert events == [("warm_up", 32, 32), ("fit",)]
+
+
+@pytest.mark.parametrize("name", ["stochastic", "strided"])
+def test_warm_up_leaves_weights_losses_and_accuracy_bit_for_bit_unchanged(name, synthetic_mnist_dir,
+                                                                          monkeypatch):
+    """Same seed, same data order: with and without the warm-up the run is identical
+    (stochastic pooling: its sampling generator is not advanced by the warm-up)."""
+    cfg, data = tiny_config(batch_size=32), _tiny_data(synthetic_mnist_dir)
+    warm_model, warm = runner.train_one(name, 0, cfg, data, False)
+    monkeypatch.setattr(runner, "warm_up", lambda *a: None)
+    cold_model, cold = runner.train_one(name, 0, cfg, data, False)
+    assert [h["train_loss"] for h in warm["history"]] == [h["train_loss"] for h in cold["history"]]
+    assert [h["train_accuracy"] for h in warm["history"]] == [h["train_accuracy"] for h in cold["history"]]
+    assert (warm["test_loss"], warm["test_accuracy"]) == (cold["test_loss"], cold["test_accuracy"])
+    assert warm["shift"] == cold["shift"]
+    for (n, a), (_, b) in zip(warm_model.named_params(), cold_model.named_params()):
+        np.testing.assert_array_equal(a, b, err_msg=n)
+
+
+def test_warm_up_touches_neither_the_model_nor_its_generators():
+    model = build_variant("stochastic", 3)
+    before = [p.copy() for _, p in model.named_params()]
+    rng_states = [l.rng.bit_generator.state for l in model.layers if hasattr(l, "rng")]
+    xb = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    model.eval()
+    runner.warm_up(model, xb, np.array([0, 1, 2, 3]))
+    assert not model.training                              # its mode is left as it was
+    for a, (_, b) in zip(before, model.named_params()):
+        np.testing.assert_array_equal(a, b)
+    assert all(not np.any(g) for _, g in model.named_grads())
+    assert rng_states == [l.rng.bit_generator.state for l in model.layers if hasattr(l, "rng")]
+
+
+# ------------------------------------------------------- audit: stale plots
+def test_a_rerun_without_plots_removes_the_earlier_runs_pngs(synthetic_mnist_dir, tmp_path):
+    for name in PLOT_FILES:
+        (tmp_path / name).write_bytes(PNG_MAGIC + b"an earlier run")
+    (tmp_path / "mine.png").write_bytes(PNG_MAGIC)
+    results = run_study(tiny_config(variants=("gap",)), run_dir=str(tmp_path),
+                        data_dir=synthetic_mnist_dir, progress=False, plots=False)
+    assert results["plots"] == {"skipped": "--no-plots"}
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".png")) == ["mine.png"]
+    assert "Plots skipped: --no-plots." in (tmp_path / "report.md").read_text()
+
+
+# ------------------------------------------------------ audit: --variants
+@pytest.mark.parametrize("text", ["", ",", " , ,"])
+def test_an_empty_variant_list_says_empty(text):
+    with pytest.raises(ValueError, match="empty list") as e:
+        parse_variant_list(text)
+    assert "unknown" not in str(e.value) and "nopool, max" in str(e.value)
+    with pytest.raises(StudyError, match="variants: empty list"):
+        StudyConfig(variants=())
+    assert parse_variant_list(" max,avg, max") == ("max", "avg")
+
+
+# ------------------------------------------------------ audit: the example
+def run_example(monkeypatch, *args):
+    """examples/pooling_study.py ARGS in this process -> its SystemExit code (0 if none)."""
+    import runpy
+    monkeypatch.setattr(sys, "argv", ["pooling_study.py", *args])
+    try:
+        runpy.run_path(EXAMPLE, run_name="__main__")
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def test_example_without_mnist_gives_the_clis_message_and_status(tmp_path, monkeypatch, capsys):
+    flags = ["--quick", "--variants", "gap", "--run-dir", str(tmp_path / "run"),
+             "--data-dir", str(tmp_path / "no-mnist")]
+    assert main(["study", *flags, "--no-progress"]) == 1
+    cli_message = capsys.readouterr().err.removeprefix("minicnn study: ").rstrip("\n")
+    assert cli_message.startswith("MNIST not found")
+    code = run_example(monkeypatch, *flags)
+    assert code == f"pooling_study.py: {cli_message}"      # sys.exit(text): the text, status 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, status, fragment", [
+    (["--variants", ","], 2, "--variants: empty list"),
+    (["--variants", "max,median"], 2, "--variants: unknown variant(s) median"),
+    (["--seeds", "0"], 2, "--seeds: expected a positive integer"),
+])
+def test_example_invalid_flags_exit_2(args, status, fragment, monkeypatch, capsys):
+    assert run_example(monkeypatch, *args) == status
+    assert fragment in capsys.readouterr().err
+
+
+def test_example_run_dir_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("")
+    code = run_example(monkeypatch, "--quick", "--run-dir", str(tmp_path / "f"))
+    assert code.startswith(f"pooling_study.py: --run-dir {tmp_path / 'f'}: is a file; expected a folder")
+
+
+# ------------------------------------------------------ audit: wording
+def test_caption_and_notes_say_1_seed_1_epoch_and_plurals(study_run):
+    _, results = study_run
+    one = study_report.caption(results)
+    assert one.startswith("Test accuracy: 1 seed (no std) on 64 test images; 1 epoch on 256 training images;")
+    assert "one seed, so no standard deviation" in study_report.notes(results)
+    many = dict(results, config=dict(results["config"], seeds=3, epochs=2, seed_list=[0, 1, 2]),
+                meta=dict(results["meta"], sizes={"n_train": 1, "n_test": 2000, "n_shift": 1}))
+    text = study_report.caption(many)
+    assert text.startswith("Test accuracy: mean ± std over 3 seeds on 2,000 test images; "
+                           "2 epochs on 1 training image; shifts on 1 test image,")
+    assert "mean ± sample std over seeds" in study_report.notes(many)

@@ -11,6 +11,8 @@
 * ``spp_canvas.png``: the SPP model's accuracy per canvas size.
 
 :func:`make_plots` imports matplotlib first and raises ImportError without it.
+:data:`PLOT_FILES` names every PNG it can write (the runner removes those
+an invocation does not rewrite).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import numpy as np
 from minicnn.layers import AvgPool2D, LPPool2D, MaxPool2D, MixedPool2D, StochasticPool2D
 from minicnn.study.robustness import DISTANCES
 from minicnn.study.variants import build_variant
+
+PLOT_FILES = ("accuracy_vs_params.png", "accuracy_vs_shift.png", "feature_maps.png", "spp_canvas.png")
 
 
 def make_plots(results: dict, run_dir: str, digit: np.ndarray, models: dict) -> list[str]:
@@ -59,7 +63,9 @@ def _accuracy_vs_params(plt, variants):
     ax.set_xscale("log")
     ax.set_xlabel("total parameters (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy (mean ± std over seeds) against parameter count")
+    n = max(v["aggregate"]["n_seeds"] for v in variants)
+    ax.set_title("Accuracy (mean ± std over seeds) against parameter count" if n > 1
+                 else "Accuracy (1 seed) against parameter count")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig

@@ -89,12 +89,23 @@ def canvas_table(canvas: dict) -> str:
                      + [fmt(r) for r in rows])
 
 
+def count(n: int, noun: str) -> str:
+    """``count(1, "seed")`` -> "1 seed", ``count(2000, "test image")`` -> "2,000 test images"."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def accuracy_wording(seeds: int) -> str:
+    """What the accuracy column holds: "mean ± std over 3 seeds", or "1 seed
+    (no std)" (a standard deviation needs two seeds)."""
+    return f"mean ± std over {count(seeds, 'seed')}" if seeds > 1 else "1 seed (no std)"
+
+
 def caption(results: dict) -> str:
+    """The sentence above the table: what the numbers are averaged over."""
     cfg, sizes = results["config"], results["meta"]["sizes"]
-    n = cfg["seeds"]
-    return (f"Test accuracy: mean ± std over {n} seed{'s' if n > 1 else ''} on {sizes['n_test']:,} test images; "
-            f"{cfg['epochs']} epoch(s) on {sizes['n_train']:,} training images; shifts on "
-            f"{sizes['n_shift']:,} test images, averaged over 8 directions.")
+    return (f"Test accuracy: {accuracy_wording(cfg['seeds'])} on {count(sizes['n_test'], 'test image')}; "
+            f"{count(cfg['epochs'], 'epoch')} on {count(sizes['n_train'], 'training image')}; shifts on "
+            f"{count(sizes['n_shift'], 'test image')}, averaged over 8 directions.")
 
 
 def write_csv(path: str, variants: list[dict]) -> None:
@@ -122,8 +133,8 @@ NOTES = """\
 
 * **Backbone** (all variants): conv(1→16, 3×3, pad 1) ReLU [down] conv(16→32, 3×3, pad 1) ReLU [down] → head.
   Flatten head: Flatten → Dense(F, 64) → ReLU → Dense(64, 10); "dense-head params" counts these Dense layers.
-* **Same recipe for all**: Adam + one-cycle schedule (peak lr {lr:g}), batch {batch_size}, {epochs} epoch(s) on
-  {n_train:,} training images; seed s initialises the weights (`manual_seed(s)`), fixes the data order
+* **Same recipe for all**: Adam + one-cycle schedule (peak lr {lr:g}), batch {batch_size}, {epochs_text} on
+  {train_text}; seed s initialises the weights (`manual_seed(s)`), fixes the data order
   (`Trainer(seed=s)`) and seeds the stochastic pooling. Seeds: {seed_text}.
 * **Overlapping max**: MaxPool2D(3, stride 2, padding 1), 28→14→7 like 2×2.
 * **Mixed**: MixedPool2D(2, α = 0.5), α *fixed* (not learnable): same parameters as max/avg, only the operator differs.
@@ -135,14 +146,31 @@ NOTES = """\
   the flatten heads (far from converged after a quick run).
 * **SPP head**: MaxPool2D(2) after conv 1 only; SpatialPyramidPool2D(1, 2, 4, max) on the 14×14 map → 32·21 = 672
   features for any input size → Dense(672, 64) → ReLU → Dense(64, 10).
-* **Test accuracy** on {n_test:,} test images, mean ± sample std over seeds.
-  **train s/epoch** from the Trainer history; **infer ms/batch**: median of {infer_repeats} forward passes on a batch of
-  {infer_batch} in eval mode, after a warm-up.
-* **Shifts** on the first {n_shift:,} test images: moved d = 1, 2, 3 px in each of 8 directions (diagonals move d rows
+* **Test accuracy** on {test_text}, {accuracy_text}.
+  **train s/epoch** from the Trainer history, after a warm-up: before each run's timed epochs, one forward and
+  backward pass (no optimiser step) of a throwaway copy of the model on one batch of {batch_size}, so Numba's
+  compilation (or loading from its cache) is not timed; the trained weights are those of a run without it.
+  **infer ms/batch**: median of {infer_repeats} forward passes on a batch of {infer_batch} in eval mode, after a
+  warm-up.
+* **Shifts** on the first {shift_text}: moved d = 1, 2, 3 px in each of 8 directions (diagonals move d rows
   and d columns), vacated pixels filled with the *background* value (−0.1307/0.3081, a black pixel after
   normalisation). "acc" is averaged over the 8 directions; "unchanged" is the fraction of predictions equal to the
   prediction on the unshifted image.
 """
+
+
+def notes(results: dict) -> str:
+    """The report's "Notes" section: :data:`NOTES` filled in for this run."""
+    cfg, sizes = results["config"], results["meta"]["sizes"]
+    n_seeds = cfg["seeds"]
+    accuracy_text = ("mean ± sample std over seeds" if n_seeds > 1
+                     else "one seed, so no standard deviation")
+    return NOTES.format(seed_text=", ".join(map(str, cfg["seed_list"])),
+                        epochs_text=count(cfg["epochs"], "epoch"),
+                        train_text=count(sizes["n_train"], "training image"),
+                        test_text=count(sizes["n_test"], "test image"),
+                        shift_text=count(sizes["n_shift"], "test image"),
+                        accuracy_text=accuracy_text, **cfg, **sizes)
 
 
 def report_markdown(results: dict) -> str:
@@ -157,7 +185,7 @@ def report_markdown(results: dict) -> str:
            f"* wall time of this invocation: {meta['wall_seconds']:.0f} s "
            f"({meta['runs_reused']} of {meta['runs_total']} runs reused from earlier invocations)", "",
            caption(results), "", markdown_table(results["variants"]), "",
-           NOTES.format(seed_text=", ".join(map(str, cfg["seed_list"])), **cfg, **meta["sizes"])]
+           notes(results)]
     out += ["## Variable-size input through SPP", ""]
     if results.get("spp_canvas"):
         out += ["The SPP-head model, trained on 28×28, evaluated on the shift subset placed on larger or smaller "

@@ -9,6 +9,14 @@ Run folder (``runs/<timestamp>/`` unless ``run_dir`` is given)::
     models/<variant>-seed<s>.partial.npz   the run in progress (after each epoch, on Ctrl-C)
     results.json  results.csv  report.md  *.png
 
+The folder is checked first (``run_dir`` must be, or be creatable as, a
+folder; an existing ``settings.json`` must be readable and agree), MNIST is
+loaded next, and only then is the folder created and ``settings.json``
+written, so a run that cannot start leaves nothing behind.  Each invocation
+rewrites the PNGs; those of the study's plot names it does not write this
+time (``--no-plots``, no matplotlib, no ``spp``) are removed, so the folder
+never shows pictures of an earlier run beside a newer report.
+
 Each (variant, seed) is written atomically as soon as it finishes, weights
 first, so a part file always means a complete run.  Rerunning into the same
 folder reuses the parts it finds and trains only what is missing; a run
@@ -16,6 +24,7 @@ stopped mid-way (Ctrl-C) continues from its last checkpoint.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -29,6 +38,7 @@ from tqdm.auto import tqdm
 
 from minicnn import checkpoint
 from minicnn.data import find_data_dir, load_mnist, num_batches
+from minicnn.losses import SoftmaxCrossEntropy
 from minicnn.optim import Adam, OneCycleLR
 from minicnn.study import report
 from minicnn.study.robustness import canvas_accuracy, fixed_size_error, shift_robustness
@@ -64,9 +74,12 @@ class StudyConfig:
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     def __post_init__(self):
+        if not self.variants:
+            raise StudyError(f"variants: empty list; give one or more of: {', '.join(VARIANTS)}")
         unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown or not self.variants:
-            raise StudyError(f"unknown variant(s) {unknown}; choose from: {', '.join(VARIANTS)}")
+        if unknown:
+            raise StudyError(f"unknown variant(s) {', '.join(map(repr, unknown))}; "
+                             f"choose from: {', '.join(VARIANTS)}")
         for name in ("seeds", "epochs", "batch_size", "infer_batch", "infer_repeats"):
             if getattr(self, name) < 1:
                 raise StudyError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -92,6 +105,22 @@ def inference_ms(model, xb, repeats: int) -> float:
     return 1000 * float(np.median(times))
 
 
+def warm_up(model, xb, yb) -> None:
+    """One training-mode forward and backward pass of a throwaway copy of
+    ``model`` on ``(xb, yb)``, no optimiser step, so that Numba compiles (or
+    loads from its cache) the variant's kernels before the timed epochs.
+
+    The copy has its own weights, gradients, caches and random generators
+    (StochasticPool2D's ``rng``), and nothing here touches the global
+    weight-initialisation generator or the data order: ``model`` and the run
+    are bit for bit what they would be without the warm-up."""
+    twin = copy.deepcopy(model)
+    twin.train()
+    loss = SoftmaxCrossEntropy()
+    loss.forward(twin.forward(xb), yb)
+    twin.backward(loss.backward(), input_grad=False)
+
+
 def train_one(name: str, seed: int, cfg: StudyConfig, data: dict, progress: bool,
               partial: str | None = None):
     """Train variant ``name`` with ``seed`` and measure it -> (model, part dict).
@@ -113,6 +142,7 @@ def train_one(name: str, seed: int, cfg: StudyConfig, data: dict, progress: bool
                       progress=progress, model_name=name, checkpoint_path=partial)
     if resume:
         trainer.restore(meta["extra"], optim_arrays)
+    warm_up(model, x[:cfg.batch_size], y[:cfg.batch_size])   # compilation stays out of s/epoch
     history = trainer.fit(x, y, cfg.epochs)
     loss, acc = evaluate(model, x_test, y_test)
     xb = x_test[np.arange(cfg.infer_batch) % len(x_test)]
@@ -145,19 +175,64 @@ def _read_part(path):
         return None
 
 
-def _check_settings(run_dir, cfg: StudyConfig):
-    path = os.path.join(run_dir, "settings.json")
-    key = cfg.resume_key()
+def check_run_dir(run_dir: str) -> None:
+    """Refuse, before any work, a ``run_dir`` that cannot be a folder: an
+    existing file, or a path through one (``FILE/x``)."""
+    path = os.path.abspath(run_dir)
     if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise StudyError(f"--run-dir {run_dir}: is a file; expected a folder "
+                             "(a new one, or a run folder to resume)")
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise StudyError(f"--run-dir {run_dir}: {parent} is a file; expected a folder "
+                         "(a new one, or a run folder to resume)")
+
+
+def _read_settings(run_dir: str) -> dict | None:
+    """The settings a run folder was made with, or None for a new folder."""
+    path = os.path.join(run_dir, "settings.json")
+    if not os.path.lexists(path):
+        return None
+    try:
         with open(path) as f:
             old = json.load(f)
-        diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
-        if diff:
-            said = "; ".join(f"{k}: folder has {a!r}, this run asks for {b!r}" for k, (a, b) in diff.items())
-            raise StudyError(f"run folder {run_dir} was made with other settings ({said}); "
-                             "use a new --run-dir or the same settings")
-    else:
-        checkpoint.atomic_write_bytes(path, json.dumps(key, indent=2).encode())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StudyError(f"run folder {run_dir}: settings.json is unreadable ({e}); "
+                         "use a new --run-dir, or delete that file to start the folder afresh") from None
+    if not isinstance(old, dict):
+        raise StudyError(f"run folder {run_dir}: settings.json is unreadable (expected a JSON object, "
+                         f"found {type(old).__name__}); use a new --run-dir, or delete that file "
+                         "to start the folder afresh")
+    return old
+
+
+def _check_settings(run_dir, cfg: StudyConfig) -> None:
+    """Refuse a run folder made with settings other than ``cfg``'s (its parts
+    would not be comparable).  Writes nothing: see :func:`_open_run_dir`."""
+    old = _read_settings(run_dir)
+    if old is None:
+        return
+    diff = {k: (old.get(k), v) for k, v in cfg.resume_key().items() if old.get(k) != v}
+    if diff:
+        said = "; ".join(f"{k}: folder has {a!r}, this run asks for {b!r}" for k, (a, b) in diff.items())
+        raise StudyError(f"run folder {run_dir} was made with other settings ({said}); "
+                         "use a new --run-dir or the same settings")
+
+
+def _open_run_dir(run_dir, cfg: StudyConfig) -> None:
+    """Create the run folder and write ``settings.json`` if it is new; called
+    once the data is loaded and the work can start."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise StudyError(f"--run-dir {run_dir}: cannot create the folder ({e.strerror or e})") from None
+    path = os.path.join(run_dir, "settings.json")
+    if not os.path.exists(path):
+        checkpoint.atomic_write_bytes(path, json.dumps(cfg.resume_key(), indent=2).encode())
 
 
 def machine_info() -> dict:
@@ -183,7 +258,7 @@ def run_study(cfg: StudyConfig | None = None, run_dir: str | None = None, data_d
     out = out or sys.stdout
     t_start = time.perf_counter()
     run_dir = run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(run_dir, exist_ok=True)
+    check_run_dir(run_dir)
     _check_settings(run_dir, cfg)
 
     folder = find_data_dir(data_dir)
@@ -191,6 +266,7 @@ def run_study(cfg: StudyConfig | None = None, run_dir: str | None = None, data_d
     x_test, y_test = load_mnist(folder, "test", limit=cfg.limit_test)
     n_shift = min(cfg.limit_shift or len(x_test), len(x_test))
     data = {"train": (x, y), "test": (x_test, y_test), "shift": (x_test[:n_shift], y_test[:n_shift])}
+    _open_run_dir(run_dir, cfg)
 
     jobs = [(v, s) for v in cfg.variants for s in range(cfg.seeds)]
     parts = {job: p for job in jobs if (p := _read_part(_part_path(run_dir, *job))) is not None}
@@ -235,6 +311,7 @@ def run_study(cfg: StudyConfig | None = None, run_dir: str | None = None, data_d
         "fixed_size_error": fixed_size_error(build_variant("max", 0), data["shift"][0], 32),
     }
     results["plots"] = _plots(results, run_dir, x_test[0], cfg) if plots else {"skipped": "--no-plots"}
+    _remove_stale_plots(run_dir, results["plots"].get("files", []))
     results["meta"]["wall_seconds"] = time.perf_counter() - t_start
 
     report.write_json(os.path.join(run_dir, "results.json"), results)
@@ -265,6 +342,17 @@ def _plots(results, run_dir, digit, cfg) -> dict:
         return {"skipped": f"matplotlib is not installed ({e}); "
                            "install the optional extra: pip install 'minicnn[plot]'"}
     return {"files": files}
+
+
+def _remove_stale_plots(run_dir, written) -> list[str]:
+    """Delete the study's PNGs (:data:`~minicnn.study.plots.PLOT_FILES`) left
+    in ``run_dir`` by an earlier invocation and not rewritten by this one, so
+    report.md never sits beside pictures of other numbers.  Returns their names."""
+    from minicnn.study.plots import PLOT_FILES
+    stale = [n for n in PLOT_FILES if n not in written and os.path.isfile(os.path.join(run_dir, n))]
+    for name in stale:
+        os.remove(os.path.join(run_dir, name))
+    return stale
 
 
 def _trained_models(run_dir, cfg) -> dict:

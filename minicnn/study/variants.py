@@ -104,6 +104,20 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
 POOLED = ("max", "avg", "overlap", "lp2", "mixed", "stochastic")  # the fixed pooling operators
 
 
+def parse_variant_list(text: str) -> tuple:
+    """``"max, avg,spp"`` -> ``("max", "avg", "spp")``: comma-separated
+    names, blanks dropped, a repeated name kept once.  Raises ValueError for
+    an empty list (``""``, ``","``) or an unknown name; the message lists the
+    names to choose from."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"empty list ({text!r}); give one or more of: {', '.join(VARIANTS)}")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from: {', '.join(VARIANTS)}")
+    return tuple(dict.fromkeys(names))
+
+
 def backbone(v: Variant, seed: int) -> list:
     """conv ReLU [down] conv ReLU [down]: the layers before the head."""
     layers = [Conv2D(1, C1, 3, padding=1), ReLU()]
