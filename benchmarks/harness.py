@@ -489,12 +489,14 @@ def load_torch(threads: int, enabled: bool = True):
 
 
 # ------------------------------------------------------------------- output
-def atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str, replace: bool = True) -> bool:
     """Write ``text`` (UTF-8) to ``path`` atomically, with minicnn's own
-    temporary-file + ``os.replace`` writer: a reader never sees half a file."""
+    temporary-file writer: a reader never sees half a file.  With
+    ``replace=False`` an existing file is left alone and False returned
+    (:func:`minicnn.checkpoint.atomic_write_bytes`)."""
     from minicnn.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
 
 
 def log(msg: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 
 from benchmarks import SECTIONS
@@ -393,39 +392,6 @@ def output_paths(out_dir, host, date=None, suffix="", n=1):
     return base + ".md", base + ".json"
 
 
-def _create_new(path: str, text: str) -> bool:
-    """Write ``text`` to ``path`` only if no file has that name; False if one
-    has.  The name is claimed atomically with a hard link to a finished
-    temporary file (so a reader never sees half a file, and two runs cannot
-    both take it), or where the filesystem has no hard links, with an
-    exclusive create that the finished file then replaces."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        umask = os.umask(0)          # mkstemp makes the file 0600; give it open()'s usual mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError:              # no hard links here
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            except FileExistsError:
-                return False
-            os.replace(tmp, path)
-        return True
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write(results: dict, out_dir: str, suffix="", date=None) -> tuple[str, str]:
     """Write Markdown and JSON beside it, each atomically; returns the paths.
 
@@ -437,7 +403,7 @@ def write(results: dict, out_dir: str, suffix="", date=None) -> tuple[str, str]:
     n = 1
     while True:
         md_path, json_path = output_paths(out_dir, host, date=date, suffix=suffix, n=n)
-        if not (os.path.lexists(md_path) or os.path.lexists(json_path)) and _create_new(json_path, js):
+        if not (os.path.lexists(md_path) or os.path.lexists(json_path)) and atomic_write(json_path, js, replace=False):
             break
         n += 1
     atomic_write(md_path, markdown(results))

@@ -15,21 +15,14 @@ import os
 import sys
 
 from minicnn.checkpoint import CheckpointError
+from minicnn.cli import number
 from minicnn.data import MNISTFormatError, MNISTNotFoundError
 from minicnn.study import StudyConfig, StudyError, run_study
 from minicnn.study.variants import parse_variant_list
 from minicnn.train import NonFiniteError, TrainingInterrupted
 
 
-def positive_int(text):
-    """argparse type for --seeds and --epochs."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+positive_int = number(int, 1, "a positive integer")     # argparse type for --seeds and --epochs
 
 
 def variant_list(text):

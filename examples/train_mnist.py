@@ -12,19 +12,13 @@ import argparse
 import sys
 
 import minicnn as mc
+from minicnn.cli import number
 from minicnn.data import MNISTFormatError, MNISTNotFoundError, ensure_mnist, load_mnist
 from minicnn.download import DownloadError
 from minicnn.train import Trainer, evaluate
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+_positive_int = number(int, 1, "a positive integer")
 
 
 def main():

@@ -43,9 +43,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file."""
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + rename, so a crash
-    never leaves a half-written file under the final name."""
+def atomic_write_bytes(path: str, data: bytes, *, replace: bool = True) -> bool:
+    """Write ``data`` to ``path`` via a finished temporary file beside it,
+    so a crash never leaves a half-written file under the final name.
+
+    ``replace=True``: the temporary file is renamed over ``path``.
+    ``replace=False``: an existing ``path`` is left alone and False is
+    returned; the name is claimed with a hard link to the temporary file (so
+    two writers cannot both take it), or where the filesystem has no hard
+    links, with an exclusive create that the finished file then replaces.
+    Returns True when ``path`` now holds ``data``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
@@ -57,11 +64,23 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:              # no hard links here
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def save(path: str, model, optimizer=None, extra: dict | None = None) -> None:
