@@ -114,13 +114,8 @@ def read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
         raise CheckpointError(f"checkpoint {path}: not a minicnn checkpoint (an .npz archive, "
                               f"which starts with the bytes PK; this file starts with {head!r})")
     try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise CheckpointError(f"checkpoint {path}: a single .npy array, not an .npz archive")
-        with z:
+        with np.load(path, allow_pickle=False) as z:     # a zip (checked above): an NpzFile
             arrays = {k: z[k] for k in z.files}
-    except CheckpointError:
-        raise
     except ValueError as e:
         if "pickle" in str(e):    # numpy refuses object arrays without allow_pickle
             raise CheckpointError(f"checkpoint {path}: refused: it holds pickled objects, "
