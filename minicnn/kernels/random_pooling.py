@@ -33,6 +33,24 @@ def _window_max(x, n, c, h0, w0, kh, kw):
     return m
 
 
+@njit(cache=True, inline='always')
+def _scaled_sums(x, n, c, h0, w0, kh, kw):
+    """``(M, s, q)`` of the window at (h0, w0): its largest cell ``M`` and,
+    with ``b = a / M``, ``s = sum b`` and ``q = sum b**2`` in float64
+    (``s >= 1``, so neither overflows nor underflows); ``(0, 0, 0)`` when
+    every cell is 0."""
+    top = _window_max(x, n, c, h0, w0, kh, kw)
+    s = np.float64(0.0)
+    q = np.float64(0.0)
+    if top == 0.0:
+        return top, s, q
+    for k in range(kh * kw):
+        b = np.float64(x[n, c, h0 + k // kw, w0 + k % kw]) / top
+        s += b
+        q += b * b
+    return top, s, q
+
+
 def _stochastic_pool_forward(x, u, kh, kw, sh, sw, out, index):
     """Training-mode stochastic pooling (Zeiler & Fergus 2013).
 
@@ -107,23 +125,13 @@ def _stochastic_pool_eval_forward(x, kh, kw, sh, sw, out):
     N, C, H, W = x.shape
     oH = out.shape[2]
     oW = out.shape[3]
-    K = kh * kw
     for p in prange(N * C):
         n = p // C
         c = p % C
         for i in range(oH):
             for j in range(oW):
-                top = _window_max(x, n, c, i * sh, j * sw, kh, kw)
-                if top == 0.0:
-                    out[n, c, i, j] = 0.0
-                    continue
-                s = np.float64(0.0)
-                q = np.float64(0.0)
-                for k in range(K):
-                    b = np.float64(x[n, c, i * sh + k // kw, j * sw + k % kw]) / top
-                    s += b
-                    q += b * b
-                out[n, c, i, j] = top * (q / s)
+                top, s, q = _scaled_sums(x, n, c, i * sh, j * sw, kh, kw)
+                out[n, c, i, j] = top * (q / s) if top > 0.0 else 0.0
 
 
 def _stochastic_pool_eval_backward(x, dout, kh, kw, sh, sw, dx):
@@ -154,15 +162,9 @@ def _stochastic_pool_eval_backward(x, dout, kh, kw, sh, sw, dx):
                 dx[n, c, h, w] = 0.0
         for i in range(oH):
             for j in range(oW):
-                top = _window_max(x, n, c, i * sh, j * sw, kh, kw)
+                top, s, q = _scaled_sums(x, n, c, i * sh, j * sw, kh, kw)
                 if top == 0.0:
                     continue
-                s = np.float64(0.0)
-                q = np.float64(0.0)
-                for k in range(K):
-                    b = np.float64(x[n, c, i * sh + k // kw, j * sw + k % kw]) / top
-                    s += b
-                    q += b * b
                 g = np.float64(dout[n, c, i, j]) / s
                 y = q / s
                 for k in range(K):
