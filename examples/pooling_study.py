@@ -11,26 +11,16 @@ results.csv and PNGs into the run folder.  A rerun with the same --run-dir
 skips the variants already done.
 """
 import argparse
-import os
 import sys
 
 from minicnn.checkpoint import CheckpointError
-from minicnn.cli import number
+from minicnn.cli import number, variant_list
 from minicnn.data import MNISTFormatError, MNISTNotFoundError
-from minicnn.study import StudyConfig, StudyError, run_study
-from minicnn.study.variants import parse_variant_list
+from minicnn.study import StudyConfig, StudyError, interrupted_message, run_study
 from minicnn.train import NonFiniteError, TrainingInterrupted
 
 
 positive_int = number(int, 1, "a positive integer")     # argparse type for --seeds and --epochs
-
-
-def variant_list(text):
-    """argparse type for --variants: a comma-separated, non-empty list of known names."""
-    try:
-        return parse_variant_list(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main():
@@ -56,9 +46,7 @@ def main():
         # damaged: one message and status 1, as `minicnn study` gives
         sys.exit(f"pooling_study.py: {e}")
     except TrainingInterrupted as e:
-        folder = os.path.dirname(os.path.dirname(e.checkpoint))
-        print(f"\npooling_study.py: interrupted; finished runs and the one in progress are saved in "
-              f"{folder}; resume with the same command plus --run-dir {folder}", file=sys.stderr)
+        print(f"\npooling_study.py: {interrupted_message(e.checkpoint)}", file=sys.stderr)
         sys.exit(130)
 
 

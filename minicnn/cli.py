@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--limit-shift", type=_positive_int, metavar="N",
                     help="shift / canvas tests on the first N test images (default: all tested)")
     st.add_argument("--lr", type=_positive_float, help="peak learning rate of the one-cycle Adam (default 2e-3)")
-    st.add_argument("--variants", type=_variant_list, metavar="a,b,...",
+    st.add_argument("--variants", type=variant_list, metavar="a,b,...",
                     help="comma-separated subset of: " + ", ".join(_study_variants()))
     st.add_argument("--run-dir", metavar="DIR", help="run folder (default runs/<timestamp>); reuse to resume")
     st.add_argument("--data-dir", help="folder holding the MNIST IDX files (default: $MINICNN_DATA, then the cache)")
@@ -148,7 +148,9 @@ def _study_variants():
     return list(VARIANTS)
 
 
-def _variant_list(text):
+def variant_list(text):
+    """argparse type for a study's --variants: a comma-separated, non-empty
+    list of known names (:func:`minicnn.study.variants.parse_variant_list`)."""
     from minicnn.study.variants import parse_variant_list
     try:
         return parse_variant_list(text)
@@ -351,7 +353,7 @@ def cmd_gradcheck(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from minicnn.study import StudyConfig, StudyError, run_study
+    from minicnn.study import StudyConfig, StudyError, interrupted_message, run_study
     from minicnn.train import TrainingInterrupted
 
     if not args.quick and args.seeds is not None and args.seeds < 3:
@@ -369,10 +371,7 @@ def cmd_study(args) -> int:
         print(f"minicnn study: {e}", file=sys.stderr)
         return 1
     except TrainingInterrupted as e:
-        import os
-        folder = os.path.dirname(os.path.dirname(e.checkpoint))
-        print(f"\nminicnn study: interrupted; finished runs and the one in progress are saved in {folder}; "
-              f"resume with the same command plus --run-dir {folder}", file=sys.stderr)
+        print(f"\nminicnn study: {interrupted_message(e.checkpoint)}", file=sys.stderr)
         return 130
     return 0
 

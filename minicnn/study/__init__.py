@@ -16,9 +16,9 @@ or ``minicnn study --quick``.
 """
 from minicnn.study.robustness import (BACKGROUND, DIRECTIONS, DISTANCES, all_shifts, shift_images,
                                       shift_robustness, to_canvas)
-from minicnn.study.runner import StudyConfig, StudyError, run_study
+from minicnn.study.runner import StudyConfig, StudyError, interrupted_message, run_study
 from minicnn.study.variants import VARIANTS, build_variant, param_counts
 
 __all__ = ["BACKGROUND", "DIRECTIONS", "DISTANCES", "VARIANTS", "StudyConfig", "StudyError",
-           "all_shifts", "build_variant", "param_counts", "run_study", "shift_images",
+           "all_shifts", "build_variant", "interrupted_message", "param_counts", "run_study", "shift_images",
            "shift_robustness", "to_canvas"]

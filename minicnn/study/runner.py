@@ -249,6 +249,15 @@ def default_command() -> str:
 
 
 # ------------------------------------------------------------------ study
+def interrupted_message(checkpoint_path: str) -> str:
+    """What to say when a study is stopped (Ctrl-C): where its runs are and
+    how to resume.  ``checkpoint_path`` is the interrupted run's partial
+    checkpoint, ``RUN_DIR/models/...``."""
+    folder = os.path.dirname(os.path.dirname(checkpoint_path))
+    return (f"interrupted; finished runs and the one in progress are saved in {folder}; "
+            f"resume with the same command plus --run-dir {folder}")
+
+
 def run_study(cfg: StudyConfig | None = None, run_dir: str | None = None, data_dir=None,
               plots: bool = True, progress: bool = True, command: str | None = None,
               out=None) -> dict:
