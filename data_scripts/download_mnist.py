@@ -13,7 +13,6 @@ existing folder, one line, checked before anything is fetched), 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -25,19 +24,13 @@ except ModuleNotFoundError as exc:  # a source checkout before `pip install -e .
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from minicnn import download
 
+from minicnn.cli import number
 from minicnn.data import default_cache_dir
 
 
-def _timeout(text: str) -> float:
-    """An argparse type: seconds, a finite number > 0 (``urlopen`` raises a
-    ValueError below 0, and 0 makes every connection fail at once)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
+# seconds, a finite number > 0 (``urlopen`` raises a ValueError below 0, and 0
+# makes every connection fail at once)
+_timeout = number(float, 0.0, "a number of seconds > 0")
 
 
 def _path_problem(flag: str, path: Path, must_exist: bool, given: bool = True) -> str | None:
