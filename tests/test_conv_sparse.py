@@ -330,7 +330,7 @@ def test_nonzeros_from_maxpool2x2_equal_those_of_the_full_gradient(serial, Ho, W
     ser = [np.full((F, N, H2 * W2), -1, np.int32), np.full((F, N, H2 * W2), np.nan, np.float32),
            np.full((F, N), -1, np.int64)]
     serial["nonzeros_from_maxpool2x2"](g, pool._argmax.reshape(N, F, H2, W2), Wo, *ser)
-    for a, b in zip(got, ser):                     # parallel == serial, untouched slots included
+    for a, b in zip(got, ser):                     # parallel == serial, the slots after the counts too
         assert np.array_equal(a, b, equal_nan=True)
 
 

@@ -139,13 +139,20 @@ def _nonzeros_from_maxpool2x2(dout, argmax, Wo, nz_pos, nz_val, nz_cnt):
     its winners in row 2i are counted first (``top``), so one pass can put
     those at ``k, k+1, ...`` and the others after them: the positions come
     out increasing, as from the full gradient.  A plane with no non-zero
-    value is skipped after a vectorised count.
+    value is skipped after a vectorised count.  The pass has no branch: a
+    zero entry is written too, to the list's last slot, which no entry
+    keeps when any is zero (such a plane has fewer than H2*W2 entries);
+    with an ``if`` per entry, taken about half the time, the kernel took
+    402-428 against 364-375 µs (medians of 5 alternating rounds) on a
+    batch from step 300 of the default model's training (64x64x7x7, 43 %
+    non-zero).  Slots at and after ``nz_cnt`` hold junk.
     nz_pos, nz_val: (F, N, >= H2*W2); nz_cnt: (F, N).
     Parallel contract: prange over the (n, f) planes in memory order; each
     writes only its own list."""
     N, F, H2, W2 = dout.shape
     P2 = H2 * W2
     flat = dout.reshape((N * F, P2))
+    junk = nz_pos.shape[2] - 1                # the slot zero entries are written to
     for t in prange(N * F):
         n = t // F
         f = t % F
@@ -168,14 +175,14 @@ def _nonzeros_from_maxpool2x2(dout, argmax, Wo, nz_pos, nz_val, nz_cnt):
                 kb = k + top                  # next slot for a row-(2i+1) winner
                 for j in range(W2):
                     v = g[i, j]
-                    if v != 0.0:
-                        up = a[i, j] < below
-                        d = kt if up else kb
-                        oh = 2 * i if up else 2 * i + 1
-                        pos[d] = (oh << 16) | (a[i, j] - oh * Wo)
-                        val[d] = v
-                        kt += up
-                        kb += not up
+                    nz = v != 0.0
+                    up = a[i, j] < below
+                    d = (kt if up else kb) if nz else junk
+                    oh = 2 * i + 1 - up
+                    pos[d] = (oh << 16) | (a[i, j] - oh * Wo)
+                    val[d] = v
+                    kt += up & nz
+                    kb += (not up) & nz
                 k = kb
         nz_cnt[f, n] = k
 
