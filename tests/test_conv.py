@@ -100,20 +100,20 @@ def direct_cases(draw):
 ALGORITHMS = {"im2col": 0, "direct": 10**6}
 
 
-def _layer64(C, F, k, s, p, rng, algorithm="im2col", dx_chunk_floats=Conv2D.dx_chunk_floats):
+def _layer64(C, F, k, s, p, rng, algorithm="im2col", chunk_floats=Conv2D.chunk_floats):
     layer = Conv2D(C, F, k, stride=s, padding=p).astype(np.float64)
     layer.direct_max_taps = ALGORITHMS[algorithm]
-    layer.dx_chunk_floats = dx_chunk_floats
+    layer.chunk_floats = chunk_floats
     layer.params["W"][...] = rng.standard_normal(layer.params["W"].shape)
     layer.params["b"][...] = rng.standard_normal(F)
     return layer
 
 
 # --------------------------------------------------------- forward and backward
-def _check_forward(case, algorithm):
+def _check_forward(case, algorithm, chunk_floats=Conv2D.chunk_floats):
     N, C, F, H, W, k, s, p, seed = case
     rng = np.random.default_rng(seed)
-    layer = _layer64(C, F, k, s, p, rng, algorithm)
+    layer = _layer64(C, F, k, s, p, rng, algorithm, chunk_floats)
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(x)
     assert layer._direct == (algorithm == "direct" and k == (3, 3) and s == (1, 1))
@@ -123,10 +123,10 @@ def _check_forward(case, algorithm):
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
 
 
-def _check_backward(case, algorithm, dx_chunk_floats=Conv2D.dx_chunk_floats):
+def _check_backward(case, algorithm, chunk_floats=Conv2D.chunk_floats):
     N, C, F, H, W, k, s, p, seed = case
     rng = np.random.default_rng(seed)
-    layer = _layer64(C, F, k, s, p, rng, algorithm, dx_chunk_floats)
+    layer = _layer64(C, F, k, s, p, rng, algorithm, chunk_floats)
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(x)
     dout = rng.standard_normal(y.shape)
@@ -158,36 +158,71 @@ def test_backward_matches_naive(case):
 
 @SETTINGS
 @given(conv_cases(), st.integers(1, 5000))
-def test_backward_in_chunks_of_samples_matches_naive(case, dx_chunk_floats):
-    """dx folded a few samples at a time (1 up to the whole batch, with a
-    shorter last chunk) is the same dx."""
-    _check_backward(case, "im2col", dx_chunk_floats)
+def test_forward_in_chunks_of_samples_matches_naive(case, chunk_floats):
+    """The im2col path a few samples at a time (1 up to the whole batch,
+    with a shorter last chunk) gives the same output."""
+    _check_forward(case, "im2col", chunk_floats)
 
 
-def test_backward_folds_dx_in_chunks_of_samples(monkeypatch):
+@SETTINGS
+@given(conv_cases(), st.integers(1, 5000))
+def test_backward_in_chunks_of_samples_matches_naive(case, chunk_floats):
+    """dW summed over chunks whose columns are formed again, and dx folded
+    chunk by chunk, are the same gradients."""
+    _check_backward(case, "im2col", chunk_floats)
+
+
+@pytest.mark.parametrize("N, chunk_floats, sizes", [
+    (5, 0, [5]),                     # 0: the whole batch
+    (5, 5 * 2 * 9 * 16, [5]),        # room for all (C*kh*kw*P = 2*9*16 a sample)
+    (5, 2 * 2 * 9 * 16, [2, 2, 1]),  # 3 chunks of ceil(5/3) = 2
+    (6, 4 * 2 * 9 * 16, [3, 3]),     # 2 equal chunks, not 4 + 2
+    (3, 1, [1, 1, 1]),               # fewer floats than one sample: one sample a chunk
+])
+def test_chunks_of_samples(monkeypatch, N, chunk_floats, sizes):
+    """Which chunks forward, backward and backward_params cut the batch
+    into, and that each chunk's columns are formed once in forward and
+    once more in backward only when the batch was cut; the gradients and
+    output equal those of the whole batch at once."""
     import minicnn.layers.conv as conv_module
-    sizes = []
+    calls = {"im2col": [], "col2im": []}
 
-    def spy(dcols, *args):
-        sizes.append(args[-1].shape[0])
-        return K.col2im(dcols, *args)
-    monkeypatch.setattr(conv_module, "col2im", spy)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((5, 2, 4, 4))
-    dx = {}
-    for chunk in (0, 2 * 2 * 9 * 16):          # whole batch; 2 samples (C*kh*kw*P = 2*9*16 each)
-        layer = _layer64(2, 3, 3, 1, 1, np.random.default_rng(1), dx_chunk_floats=chunk)
-        dout = np.random.default_rng(2).standard_normal(layer.forward(x).shape)
-        sizes.clear()
-        dx[chunk] = layer.backward(dout)
-        assert sizes == ([5] if chunk == 0 else [2, 2, 1])
-    np.testing.assert_allclose(dx[2 * 2 * 9 * 16], dx[0], rtol=1e-13, atol=1e-13)
+    def spy(name):
+        def f(*args):
+            calls[name].append(args[-1].shape[0] if name == "col2im" else args[0].shape[0])
+            return getattr(K, name)(*args)
+        return f
+    monkeypatch.setattr(conv_module, "im2col", spy("im2col"))
+    monkeypatch.setattr(conv_module, "col2im", spy("col2im"))
+    x = np.random.default_rng(0).standard_normal((N, 2, 4, 4))
+    out = {}
+    for chunk in (0, chunk_floats):
+        want = sizes if chunk else [N]
+        layer = _layer64(2, 3, 3, 1, 1, np.random.default_rng(1), chunk_floats=chunk)
+        assert layer.chunk_size(N, 4, 4) == want[0]
+        y = layer.forward(x)
+        assert calls["im2col"] == want
+        dout = np.random.default_rng(2).standard_normal(y.shape)
+        calls["im2col"].clear()
+        dx = layer.backward(dout)
+        again = [] if len(want) == 1 else want
+        assert calls == {"im2col": again, "col2im": want}
+        dw = layer.grads["W"].copy()
+        calls["im2col"].clear(), calls["col2im"].clear()
+        layer.grads["W"][...] = np.nan
+        assert layer.backward_params(dout) is None
+        assert calls == {"im2col": again, "col2im": []}
+        np.testing.assert_array_equal(layer.grads["W"], dw)
+        calls["im2col"].clear()
+        out[chunk] = (y, dx, dw, layer.grads["b"].copy())
+    for a, b in zip(out[0], out[chunk_floats]):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
 
 
 def test_backward_of_an_empty_batch():
-    for chunk in (Conv2D.dx_chunk_floats, 1, 0):
+    for chunk in (Conv2D.chunk_floats, 1, 0):
         layer = Conv2D(2, 3, 3, padding=1)
-        layer.dx_chunk_floats = chunk
+        layer.chunk_floats = chunk
         y = layer.forward(np.zeros((0, 2, 4, 4), np.float32))
         assert y.shape == (0, 3, 4, 4)
         assert layer.backward(np.zeros(y.shape, np.float32)).shape == (0, 2, 4, 4)
@@ -248,7 +283,7 @@ def test_naive_reference_sanity():
     np.testing.assert_array_equal(y[0, 0], [[0.5, 1.5, 1.5], [2.5, 6.5, 4.5], [2.5, 5.5, 3.5]])
 
 
-@pytest.mark.parametrize("dx_chunk_floats", [Conv2D.dx_chunk_floats, 1])   # whole batch; 1 sample a chunk
+@pytest.mark.parametrize("chunk_floats", [Conv2D.chunk_floats, 1])   # whole batch; 1 sample a chunk
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 @pytest.mark.parametrize("k, s, p, hw", [
     (3, 1, 1, (5, 6)),
@@ -257,12 +292,12 @@ def test_naive_reference_sanity():
     (3, 3, 2, (4, 4)),          # stride == kernel: every input pixel in exactly one window
     (1, 2, 0, (5, 5)),          # stride > kernel: some pixels in no window -> dx exactly 0 there
 ])
-def test_check_gradients(k, s, p, hw, algorithm, dx_chunk_floats):
+def test_check_gradients(k, s, p, hw, algorithm, chunk_floats):
     rng = np.random.default_rng(0)
     minicnn.manual_seed(0)
     layer = Conv2D(2, 3, k, stride=s, padding=p)
     layer.direct_max_taps = ALGORITHMS[algorithm]
-    layer.dx_chunk_floats = dx_chunk_floats
+    layer.chunk_floats = chunk_floats
     result = check_gradients(layer, tie_free((2, 2) + hw, rng))
     assert result.passed, result.errors
     assert set(result.errors) == {"x", "W", "b"}

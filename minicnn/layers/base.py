@@ -3,7 +3,9 @@
 A layer is a small object with
 
 * ``forward(x) -> y`` that caches only what ``backward`` needs, by
-  reference where it can: Dense, Conv2D (for its sparse backward),
+  reference where it can: Dense, Conv2D (for its backward, which forms
+  the im2col columns again when a batch was cut into chunks, or reads the
+  input channels-last for its sparse path),
   LPPool2D and StochasticPool2D in eval mode keep the input array itself,
   LPPool2D its output ``y`` too, and MaxUnpool2D the ``indices`` it was
   given (as int64: the caller's array when it already is).  An array

@@ -17,6 +17,12 @@ with ``dY`` the upstream gradient laid out as (C_out, N*H_out*W_out)::
     dW = dY @ cols.T          db = dY.sum(axis=1)
     dx = col2im(Wm.T @ dY)    (each column entry added back where it came from)
 
+Both are computed a chunk of samples at a time (``Conv2D.chunk_floats``):
+the columns of a chunk, the products and the layout changes, while the
+chunk's columns are still in cache; ``dW`` is the sum of the chunks'
+``dY_chunk @ cols_chunk.T``.  Only a batch that fits in one chunk keeps
+its columns from forward to backward; otherwise backward forms them again.
+
 Two algorithms, the same sums (see benchmarks/README.md for the measurements
 behind the rule):
 
@@ -99,15 +105,22 @@ class Conv2D(Layer):
     0.25) the sparse way was faster at every density (7.5 against 8.1 ms
     with every winner non-zero).  benchmarks/README.md has the figures.
 
-    ``dx_chunk_floats`` (class attribute, may be set per layer): backward
-    forms ``Wm.T @ dY`` and folds it with ``col2im`` for chunks of
-    ``max(1, dx_chunk_floats // (C_in*kH*kW*H_out*W_out))`` samples, so each
-    chunk's column matrix (about 4 MiB in float32) is still in cache when
-    it is folded; 0 does the whole batch at once.
+    ``chunk_floats`` (class attribute, may be set per layer): the im2col
+    path never forms the column matrix of more than about this many floats
+    at once.  The batch is cut into the fewest chunks of equal size
+    (:meth:`chunk_size`) that respect it, at least one sample each; 0
+    takes the whole batch at once.  Forward runs im2col, the product and
+    the layout change chunk by chunk while the chunk's columns are in
+    cache; so does the GEMM backward (``dW`` summed over the chunks,
+    ``Wm.T @ dY`` folded by ``col2im``), which forms each chunk's columns
+    again unless the whole batch was one chunk.  2**21 (8 MiB in float32)
+    cuts the default model's 32->64 layer at batch 64 into two chunks,
+    which was fastest inside its training step (benchmarks/README.md),
+    and bounds the column matrix of a large evaluation batch.
     """
 
     direct_max_taps = 36
-    dx_chunk_floats = 1 << 20
+    chunk_floats = 1 << 21
     sparse_max_density = 0.2
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, name=None):
@@ -125,7 +138,8 @@ class Conv2D(Layer):
         self.params = {"W": (W * np.sqrt(2.0 / fan_in)).astype(np.float32),
                        "b": np.zeros(shapes["b"], np.float32)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-        self._cols = None      # im2col path: cached column matrix (reused buffer)
+        self._cols = None      # im2col path: a chunk's column matrix (reused buffer)
+        self._cols_whole = False   # ... holding the whole last batch's (one chunk)
         self._xp = None        # direct path: cached padded input (reused buffer)
         self._direct = False   # which path the last forward took
         self._x = None         # im2col path: the input (the sparse backward reads it)
@@ -160,6 +174,7 @@ class Conv2D(Layer):
         dt = self.dtype
         self._direct = self.uses_direct(C)
         x = np.ascontiguousarray(x)
+        self._x_shape = x.shape
         if self._direct:
             y = np.empty((N, self.out_channels, Ho, Wo), dt)
             xp = self._buffer("_xp", (N, C, H + 2 * ph, W + 2 * pw), dt)
@@ -167,15 +182,54 @@ class Conv2D(Layer):
             run_kernel(conv_direct.forward, x, ph, pw, self.params["W"], self.params["b"], xp, acc, y,
                        size=max(xp.size, y.size))
         else:
-            cols = self._buffer("_cols", (C * kh * kw, N * Ho * Wo), dt)
-            run_kernel(im2col, x, kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
-            y2d = self._buffer("_y2d", (self.out_channels, N * Ho * Wo), dt)
-            np.matmul(self.params["W"].reshape(self.out_channels, -1), cols, out=y2d)
-            y = np.empty((N, self.out_channels, Ho * Wo), dt)
-            run_kernel(nchw_from_rows, y2d, self.params["b"], y)
+            F, P = self.out_channels, Ho * Wo
+            Wm = self.params["W"].reshape(F, -1)
+            y = np.empty((N, F, P), dt)
+            for n0, n1, cols in self._chunks(x, Ho, Wo):
+                y2d = self._chunk_buffer("_y2d", F, n0, n1, Ho, Wo)
+                np.matmul(Wm, cols, out=y2d)
+                run_kernel(nchw_from_rows, y2d, self.params["b"], y[n0:n1])
             self._x = x
-        self._x_shape = x.shape
         return y.reshape(N, self.out_channels, Ho, Wo)
+
+    def chunk_size(self, N, Ho, Wo):
+        """Samples per chunk of the im2col path for a batch of N with output
+        planes Ho x Wo: N cut into ``ceil(C_in*kH*kW*Ho*Wo*N / chunk_floats)``
+        chunks of equal size (the last one shorter when they do not divide
+        N), at least 1; N itself (one chunk) when ``chunk_floats`` is 0."""
+        total = self.in_channels * self.kernel_size[0] * self.kernel_size[1] * Ho * Wo * N
+        if self.chunk_floats <= 0 or total <= self.chunk_floats:
+            return max(1, N)
+        n_chunks = -(-total // self.chunk_floats)
+        return max(1, -(-N // n_chunks))
+
+    def _chunks(self, x, Ho, Wo):
+        """Yield ``(n0, n1, cols)`` for the chunks of :meth:`chunk_size`:
+        ``cols`` (C_in*kH*kW, (n1-n0)*Ho*Wo) is im2col of ``x[n0:n1]``, in a
+        buffer reused from chunk to chunk and step to step.  A batch that
+        is one chunk leaves its columns in ``self._cols`` for the backward
+        (``self._cols_whole``)."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        K = self.in_channels * kh * kw
+        self._cols_whole = self.chunk_size(x.shape[0], Ho, Wo) >= x.shape[0]
+        for n0, n1 in self._chunk_bounds(x.shape[0], Ho, Wo):
+            cols = self._chunk_buffer("_cols", K, n0, n1, Ho, Wo)
+            run_kernel(im2col, x[n0:n1], kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
+            yield n0, n1, cols
+
+    def _chunk_bounds(self, N, Ho, Wo):
+        """``[(n0, n1), ...]``: the chunks of :meth:`chunk_size` covering N
+        samples (one empty chunk for an empty batch)."""
+        B = self.chunk_size(N, Ho, Wo)
+        return [(n0, min(n0 + B, N)) for n0 in range(0, max(N, 1), B)]
+
+    def _chunk_buffer(self, attr, rows, n0, n1, Ho, Wo):
+        """A reused (rows, (n1-n0)*Ho*Wo) scratch array for one chunk: a
+        shorter last chunk gets its own buffer (``attr + "_tail"``), so the
+        full-size one is not reallocated every step."""
+        B = self.chunk_size(self._x_shape[0], Ho, Wo)
+        tail = n1 - n0 < min(B, self._x_shape[0])
+        return self._buffer(attr + "_tail" if tail else attr, (rows, (n1 - n0) * Ho * Wo), self.dtype)
 
     def uses_direct(self, in_channels):
         """Whether forward takes the direct algorithm for this input."""
@@ -238,24 +292,44 @@ class Conv2D(Layer):
             run_kernel(rows_from_nchw, dout.reshape(N, F, P), d2)
         else:
             run_kernel(rows_from_maxpool2x2, dout, argmax, Ho, Wo, d2)
-        Wm = self.params["W"].reshape(F, -1)
         if not self._direct:
-            np.matmul(d2, self._cols.T, out=self.grads["W"].reshape(F, -1))
             np.sum(d2, axis=1, out=self.grads["b"])
-            if not input_grad:
-                return None
-        # dx = col2im(Wm.T @ dY), a chunk of samples at a time: each chunk's
-        # column matrix is folded back while it is still in cache
+            if self._cols_whole:
+                np.matmul(d2, self._cols.T, out=self.grads["W"].reshape(F, -1))
+                if not input_grad:
+                    return None
+        return self._backward_chunks(d2, input_grad, Ho, Wo)
+
+    def _backward_chunks(self, d2, input_grad, Ho, Wo):
+        """The GEMM backward from ``d2 = dY`` (F, N*Ho*Wo), chunk by chunk
+        (:meth:`chunk_size`): ``dW = sum over chunks of dY_chunk @
+        cols_chunk.T`` (im2col path, when the forward's columns are not all
+        still held) and ``dx = col2im(Wm.T @ dY_chunk)`` (when
+        ``input_grad``), each chunk's column matrix used while in cache.
+        Returns dx or None."""
+        N, C = self._x_shape[:2]
+        F, P, dt = self.out_channels, Ho * Wo, self.dtype
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         K = C * kh * kw
-        B = self.dx_chunk_floats // (K * P) if self.dx_chunk_floats else N    # K*P > 0: forward checked
-        B = max(1, min(N, B))                 # >= 1 (the loop step), also for an empty batch
-        dcols = self._buffer("_dcols", (K, B * P), dt)
-        dx = np.empty(self._x_shape, dt)
-        for n0 in range(0, N, B):
-            n1 = min(n0 + B, N)
-            chunk = dcols if n1 - n0 == B else self._buffer("_dcols_tail", (K, (n1 - n0) * P), dt)
-            np.matmul(Wm.T, d2[:, n0 * P:n1 * P], out=chunk)
-            run_kernel(col2im, chunk, kh, kw, sh, sw, ph, pw, Ho, Wo, dx[n0:n1])
+        Wm = self.params["W"].reshape(F, -1)
+        need_dw = not self._direct and not self._cols_whole
+        dx = np.empty(self._x_shape, dt) if input_grad else None
+        if need_dw:
+            chunks = self._chunks(self._x, Ho, Wo)
+            dw = self.grads["W"].reshape(F, K)
+            part = self._buffer("_dw_part", (F, K), dt)
+        else:
+            chunks = ((n0, n1, None) for n0, n1 in self._chunk_bounds(N, Ho, Wo))
+        for n0, n1, cols in chunks:
+            d2c = d2[:, n0 * P:n1 * P]
+            if need_dw:
+                np.matmul(d2c, cols.T, out=dw if n0 == 0 else part)
+                if n0:
+                    dw += part
+            if input_grad:
+                dcols = self._chunk_buffer("_dcols", K, n0, n1, Ho, Wo)
+                np.matmul(Wm.T, d2c, out=dcols)
+                run_kernel(col2im, dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, dx[n0:n1])
         return dx
 
     def _sparse_pays(self, dout, Ho, Wo, size):
