@@ -44,6 +44,7 @@ def pair_cases(draw):
                 dtype=draw(st.sampled_from([np.float32, np.float64])),
                 special=draw(st.sampled_from(["none", "ties", "nan", "zeros"])),
                 input_grad=draw(st.booleans()), relu=draw(st.booleans()),
+                chunk_floats=draw(st.sampled_from([m.Conv2D.chunk_floats, 1])),   # 1: a sample a chunk
                 seed=draw(st.integers(0, 2**16)))
 
 
@@ -61,6 +62,7 @@ def test_fused_pair_equals_the_two_layers(case):
         x[..., ::2] = 0.0
         x[..., 1::2] = -0.0
     fused = _pair_model(case["c_in"], case["c_out"], hw, 7, case["relu"]).astype(dt)
+    fused.layers[0].chunk_floats = case["chunk_floats"]
     plain = copy.deepcopy(fused)
     plain.fuse = False
     x = x.astype(dt)
