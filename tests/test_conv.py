@@ -178,6 +178,7 @@ def test_backward_in_chunks_of_samples_matches_naive(case, chunk_floats):
     (5, 2 * 2 * 9 * 16, [2, 2, 1]),  # 3 chunks of ceil(5/3) = 2
     (6, 4 * 2 * 9 * 16, [3, 3]),     # 2 equal chunks, not 4 + 2
     (3, 1, [1, 1, 1]),               # fewer floats than one sample: one sample a chunk
+    (3, 288.0, [1, 1, 1]),           # a float limit counts as its integer part
 ])
 def test_chunks_of_samples(monkeypatch, N, chunk_floats, sizes):
     """Which chunks forward, backward and backward_params cut the batch

@@ -197,10 +197,11 @@ class Conv2D(Layer):
         planes Ho x Wo: N cut into ``ceil(C_in*kH*kW*Ho*Wo*N / chunk_floats)``
         chunks of equal size (the last one shorter when they do not divide
         N), at least 1; N itself (one chunk) when ``chunk_floats`` is 0."""
+        limit = int(self.chunk_floats)
         total = self.in_channels * self.kernel_size[0] * self.kernel_size[1] * Ho * Wo * N
-        if self.chunk_floats <= 0 or total <= self.chunk_floats:
+        if limit <= 0 or total <= limit:
             return max(1, N)
-        n_chunks = -(-total // self.chunk_floats)
+        n_chunks = -(-total // limit)
         return max(1, -(-N // n_chunks))
 
     def _chunks(self, x, Ho, Wo):
