@@ -12,7 +12,6 @@ created as one) before any section runs.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shlex
 import sys
@@ -20,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from benchmarks import RESULTS as DEFAULT_OUT, SECTIONS
+from minicnn.cli import number
 
 
 @dataclass
@@ -46,25 +46,8 @@ def _sections(text):
     return names
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _seconds(text):
-    """``--min-sample``: a finite number of seconds >= 0 (0: one call per sample)."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
-    return v
+_positive_int = number(int, 1, "a positive integer")
+_seconds = number(float, 0.0, "a number of seconds >= 0")     # --min-sample; 0: one call per sample
 
 
 def _out_problem(out):

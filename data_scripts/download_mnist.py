@@ -30,7 +30,7 @@ from minicnn.data import default_cache_dir
 
 # seconds, a finite number > 0 (``urlopen`` raises a ValueError below 0, and 0
 # makes every connection fail at once)
-_timeout = number(float, 0.0, "a number of seconds > 0")
+_timeout = number(float, 0.0, "a number of seconds > 0", strict=True)
 
 
 def _path_problem(flag: str, path: Path, must_exist: bool, given: bool = True) -> str | None:

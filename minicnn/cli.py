@@ -24,15 +24,16 @@ from pathlib import Path
 
 
 # ------------------------------------------------------------ argument types
-def number(kind, minimum, what):
-    """An argparse type: ``kind(text)`` that must be finite and >= ``minimum``
-    (``> 0`` when ``minimum`` is 0.0 for floats, i.e. "positive")."""
+def number(kind, minimum, what, *, strict=False, below=None):
+    """An argparse type: ``kind(text)`` that must be finite, ``>= minimum``
+    (``> minimum`` when ``strict``) and, when ``below`` is given, ``< below``;
+    otherwise "expected {what}, got '...'"."""
     def parse(text):
         try:
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        ok = v > 0 if (kind is float and minimum == 0.0) else v >= minimum
+        ok = (v > minimum if strict else v >= minimum) and (below is None or v < below)
         if not (ok and math.isfinite(v)):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return v
@@ -41,18 +42,8 @@ def number(kind, minimum, what):
 
 _positive_int = number(int, 1, "a positive integer")
 _nonneg_int = number(int, 0, "an integer >= 0")
-_positive_float = number(float, 0.0, "a positive number")
-
-
-def _momentum(text):
-    """SGD momentum: a number in [0, 1)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return v
+_positive_float = number(float, 0.0, "a positive number", strict=True)
+_momentum = number(float, 0.0, "a number in [0, 1)", below=1.0)      # SGD momentum
 
 
 def _shape(text):

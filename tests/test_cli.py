@@ -304,3 +304,27 @@ def test_more_failures_give_one_line(synthetic_mnist_dir, tmp_path, monkeypatch,
                      "--metrics", str(metrics), *common]) == 130
     hint = [l for l in capsys.readouterr().err.splitlines() if "resume with" in l][0]
     assert hint.endswith(f"--resume {ck} --data-dir {synthetic_mnist_dir} --metrics {metrics}")
+
+
+@pytest.mark.parametrize("kwargs, good, bad", [
+    ({}, ["0", "0.5", "1e300"], ["-1e-9", "nan", "inf", "x"]),                      # finite, >= 0
+    ({"strict": True}, ["1e-300", "2"], ["0", "-0.0", "-1", "inf"]),                 # > 0
+    ({"below": 1.0}, ["0", "0.999"], ["1", "1.5", "-0.1", "nan"]),                   # [0, 1)
+    ({"strict": True, "below": 1.0}, ["0.5"], ["0", "1"]),                           # (0, 1)
+])
+def test_number_bounds(kwargs, good, bad):
+    """The argparse type every numeric flag uses: ``>= minimum`` (``>`` when
+    ``strict``), ``< below`` when given, finite; one message for all else."""
+    import argparse
+    from minicnn.cli import number
+    parse = number(float, 0.0, "the thing", **kwargs)
+    for text in good:
+        assert parse(text) == float(text)
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"expected the thing, got {text!r}"):
+            parse(text)
+    as_int = number(int, 1, "a positive integer")
+    assert as_int("3") == 3
+    for text in ("0", "1.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a positive integer"):
+            as_int(text)
