@@ -179,8 +179,9 @@ def load(path: str):
     ``Optimizer.load_state_arrays``.
     """
     meta, arrays = read(path)
+    stored = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     declared = _declared_param_values(meta["architecture"])
-    stored_values = sum(v.size for k, v in arrays.items() if k.startswith("param/"))
+    stored_values = sum(v.size for v in stored.values())
     if declared > stored_values + ALLOCATION_SLACK:
         raise CheckpointError(f"checkpoint {path}: the architecture declares {declared:,} parameter "
                               f"values, the file holds {stored_values:,}")
@@ -192,7 +193,6 @@ def load(path: str):
         raise CheckpointError(f"checkpoint {path}: its architecture is too large to build "
                               "in this machine's memory") from None
     expected = dict(model.named_params())
-    stored = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     missing = sorted(set(expected) - set(stored))
     unknown = sorted(set(stored) - set(expected))
     if missing or unknown:
