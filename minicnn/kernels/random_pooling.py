@@ -83,11 +83,8 @@ def _stochastic_pool_forward(x, u, kh, kw, sh, sw, out, index):
                 for k in range(K):
                     s += x[n, c, h0 + k // kw, w0 + k % kw]
                 scale = np.float64(1.0)
-                if s == np.inf:
-                    scale = _window_max(x, n, c, h0, w0, kh, kw)
-                    s = np.float64(0.0)
-                    for k in range(K):
-                        s += x[n, c, h0 + k // kw, w0 + k % kw] / scale
+                if s == np.inf:                       # the sum of the scaled cells instead
+                    scale, s, _ = _scaled_sums(x, n, c, h0, w0, kh, kw)
                 pick = -1
                 if s > 0.0:
                     t = u[n, c, i, j] * s
