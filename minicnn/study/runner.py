@@ -32,6 +32,7 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -40,9 +41,10 @@ from minicnn import checkpoint
 from minicnn.data import find_data_dir, load_mnist, num_batches
 from minicnn.losses import SoftmaxCrossEntropy
 from minicnn.optim import Adam, OneCycleLR
+from minicnn.paths import file_in_the_way
 from minicnn.study import report
 from minicnn.study.robustness import canvas_accuracy, fixed_size_error, shift_robustness
-from minicnn.study.variants import VARIANTS, build_variant, head_start, param_counts
+from minicnn.study.variants import VARIANTS, build_variant, check_variant_names, head_start, param_counts
 from minicnn.train import Trainer, evaluate
 
 
@@ -74,12 +76,10 @@ class StudyConfig:
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     def __post_init__(self):
-        if not self.variants:
-            raise StudyError(f"variants: empty list; give one or more of: {', '.join(VARIANTS)}")
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown:
-            raise StudyError(f"unknown variant(s) {', '.join(map(repr, unknown))}; "
-                             f"choose from: {', '.join(VARIANTS)}")
+        try:
+            check_variant_names(self.variants)
+        except ValueError as e:
+            raise StudyError(f"variants: {e}") from None
         for name in ("seeds", "epochs", "batch_size", "infer_batch", "infer_repeats"):
             if getattr(self, name) < 1:
                 raise StudyError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -178,17 +178,10 @@ def _read_part(path):
 def check_run_dir(run_dir: str) -> None:
     """Refuse, before any work, a ``run_dir`` that cannot be a folder: an
     existing file, or a path through one (``FILE/x``)."""
-    path = os.path.abspath(run_dir)
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise StudyError(f"--run-dir {run_dir}: is a file; expected a folder "
-                             "(a new one, or a run folder to resume)")
-        return
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise StudyError(f"--run-dir {run_dir}: {parent} is a file; expected a folder "
+    blocker = file_in_the_way(run_dir)
+    if blocker is not None:
+        what = "is a file" if blocker == Path(run_dir).absolute() else f"{blocker} is a file"
+        raise StudyError(f"--run-dir {run_dir}: {what}; expected a folder "
                          "(a new one, or a run folder to resume)")
 
 

@@ -104,17 +104,26 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
 POOLED = ("max", "avg", "overlap", "lp2", "mixed", "stochastic")  # the fixed pooling operators
 
 
+def check_variant_names(names, given: str | None = None) -> None:
+    """Raise ValueError for an empty list of variant names or an unknown
+    name; the message lists the names to choose from (and quotes ``given``,
+    the text the list came from, when there is one)."""
+    if not names:
+        quoted = f" ({given!r})" if given is not None else ""
+        raise ValueError(f"empty list{quoted}; give one or more of: {', '.join(VARIANTS)}")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(map(str, unknown))}; "
+                         f"choose from: {', '.join(VARIANTS)}")
+
+
 def parse_variant_list(text: str) -> tuple:
     """``"max, avg,spp"`` -> ``("max", "avg", "spp")``: comma-separated
     names, blanks dropped, a repeated name kept once.  Raises ValueError for
-    an empty list (``""``, ``","``) or an unknown name; the message lists the
-    names to choose from."""
+    an empty list (``""``, ``","``) or an unknown name
+    (:func:`check_variant_names`)."""
     names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise ValueError(f"empty list ({text!r}); give one or more of: {', '.join(VARIANTS)}")
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from: {', '.join(VARIANTS)}")
+    check_variant_names(names, given=text)
     return tuple(dict.fromkeys(names))
 
 
