@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from benchmarks import RESULTS as DEFAULT_OUT, SECTIONS
 from minicnn.cli import number
+from minicnn.paths import make_writable_folder
 
 
 @dataclass
@@ -58,13 +59,8 @@ def _out_problem(out):
         return "argument --out: expected a folder, got ''"
     if os.path.exists(out) and not os.path.isdir(out):
         return f"argument --out: {out} is a file; --out must be a folder (created if missing)"
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        return f"argument --out: cannot create the folder {out}: {e.strerror or e}"
-    if not os.access(out, os.W_OK | os.X_OK):
-        return f"argument --out: the folder {out} is not writable"
-    return None
+    problem = make_writable_folder(out)
+    return f"argument --out: {problem}" if problem else None
 
 
 def build_parser():

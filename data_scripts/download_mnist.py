@@ -26,6 +26,7 @@ except ModuleNotFoundError as exc:  # a source checkout before `pip install -e .
 
 from minicnn.cli import number
 from minicnn.data import default_cache_dir
+from minicnn.paths import file_in_the_way
 
 
 # seconds, a finite number > 0 (``urlopen`` raises a ValueError below 0, and 0
@@ -37,16 +38,14 @@ def _path_problem(flag: str, path: Path, must_exist: bool, given: bool = True) -
     """None if ``path`` is a folder (or, unless ``must_exist``, does not exist
     yet and can be created), else a one-line reason naming ``flag`` (``given``:
     False when ``path`` is the default, not the user's)."""
-    if path.is_dir():
-        return None
     where = f"{flag} {path}" if given else f"the default folder {path} (no {flag} given)"
-    if path.exists():
+    blocker = file_in_the_way(path)
+    if blocker == path.absolute():
         return f"{where}: is a file; {flag} must be a folder"
-    if must_exist:
+    if must_exist and not path.is_dir():
         return f"{where}: does not exist; {flag} must be a folder holding the MNIST files"
-    parent = next((p for p in path.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        return f"{where}: cannot be created: {parent} is a file; {flag} must be a folder"
+    if blocker is not None:
+        return f"{where}: cannot be created: {blocker} is a file; {flag} must be a folder"
     return None
 
 

@@ -154,18 +154,14 @@ def _check_output_path(command, flag_name, path):
     """Fail before any work if ``path`` cannot be written: it is a folder,
     or its folder cannot be created or written to.  (Missing folders are
     created, as the writes would.)"""
-    import os
+    from minicnn.paths import make_writable_folder
+
     target = Path(path)
     if target.is_dir():
         raise SystemExit(f"minicnn {command}: {flag_name} {path}: is a folder; give a file path")
-    folder = target.absolute().parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"minicnn {command}: {flag_name} {path}: cannot create its folder {folder}: "
-                         f"{e.strerror or e}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise SystemExit(f"minicnn {command}: {flag_name} {path}: its folder {folder} is not writable")
+    problem = make_writable_folder(target.absolute().parent)
+    if problem:
+        raise SystemExit(f"minicnn {command}: {flag_name} {path}: {problem}")
 
 
 RUN_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "momentum", "grad_clip",

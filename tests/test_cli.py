@@ -254,7 +254,7 @@ def test_bad_inputs_give_one_line_naming_the_flag_or_file(synthetic_mnist_dir, t
     (tmp_path / "afile").write_text("x")
     for flag_name, path, why in (("--save", tmp_path, "is a folder"),
                                  ("--metrics", tmp_path, "is a folder"),
-                                 ("--save", tmp_path / "afile" / "x.npz", "cannot create its folder")):
+                                 ("--save", tmp_path / "afile" / "x.npz", "cannot create the folder")):
         with pytest.raises(SystemExit, match=rf"minicnn train: {flag_name} .*: {why}"):
             main(["train", *common, flag_name, str(path)])
         assert "training" not in capsys.readouterr().out
