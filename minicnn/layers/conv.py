@@ -185,8 +185,8 @@ class Conv2D(Layer):
             F, P = self.out_channels, Ho * Wo
             Wm = self.params["W"].reshape(F, -1)
             y = np.empty((N, F, P), dt)
-            for n0, n1, cols in self._chunks(x, Ho, Wo):
-                y2d = self._chunk_buffer("_y2d", F, n0, n1, Ho, Wo)
+            for n0, n1, tail, cols in self._chunks(x, Ho, Wo):
+                y2d = self._buffer("_y2d" + tail, (F, (n1 - n0) * P), dt)
                 np.matmul(Wm, cols, out=y2d)
                 run_kernel(nchw_from_rows, y2d, self.params["b"], y[n0:n1])
             self._x = x
@@ -205,32 +205,29 @@ class Conv2D(Layer):
         return max(1, -(-N // n_chunks))
 
     def _chunks(self, x, Ho, Wo):
-        """Yield ``(n0, n1, cols)`` for the chunks of :meth:`chunk_size`:
-        ``cols`` (C_in*kH*kW, (n1-n0)*Ho*Wo) is im2col of ``x[n0:n1]``, in a
-        buffer reused from chunk to chunk and step to step.  A batch that
-        is one chunk leaves its columns in ``self._cols`` for the backward
-        (``self._cols_whole``)."""
+        """Yield ``(n0, n1, tail, cols)`` for the chunks of
+        :meth:`_chunk_bounds`: ``cols`` (C_in*kH*kW, (n1-n0)*Ho*Wo) is
+        im2col of ``x[n0:n1]``, in a buffer reused from chunk to chunk and
+        step to step.  A batch that is one chunk leaves its columns in
+        ``self._cols`` for the backward (``self._cols_whole``)."""
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         K = self.in_channels * kh * kw
-        self._cols_whole = self.chunk_size(x.shape[0], Ho, Wo) >= x.shape[0]
-        for n0, n1 in self._chunk_bounds(x.shape[0], Ho, Wo):
-            cols = self._chunk_buffer("_cols", K, n0, n1, Ho, Wo)
+        bounds = self._chunk_bounds(x.shape[0], Ho, Wo)
+        self._cols_whole = len(bounds) == 1
+        for n0, n1, tail in bounds:
+            cols = self._buffer("_cols" + tail, (K, (n1 - n0) * Ho * Wo), self.dtype)
             run_kernel(im2col, x[n0:n1], kh, kw, sh, sw, ph, pw, Ho, Wo, cols)
-            yield n0, n1, cols
+            yield n0, n1, tail, cols
 
     def _chunk_bounds(self, N, Ho, Wo):
-        """``[(n0, n1), ...]``: the chunks of :meth:`chunk_size` covering N
-        samples (one empty chunk for an empty batch)."""
+        """``[(n0, n1, tail), ...]``: the chunks of :meth:`chunk_size`
+        covering N samples (one empty chunk for an empty batch).  ``tail``
+        is ``"_tail"`` for a last chunk shorter than the others, else ``""``:
+        the suffix of its scratch buffers' names, so that it gets buffers of
+        its own and the full-size ones are not reallocated every step."""
         B = self.chunk_size(N, Ho, Wo)
-        return [(n0, min(n0 + B, N)) for n0 in range(0, max(N, 1), B)]
-
-    def _chunk_buffer(self, attr, rows, n0, n1, Ho, Wo):
-        """A reused (rows, (n1-n0)*Ho*Wo) scratch array for one chunk: a
-        shorter last chunk gets its own buffer (``attr + "_tail"``), so the
-        full-size one is not reallocated every step."""
-        B = self.chunk_size(self._x_shape[0], Ho, Wo)
-        tail = n1 - n0 < min(B, self._x_shape[0])
-        return self._buffer(attr + "_tail" if tail else attr, (rows, (n1 - n0) * Ho * Wo), self.dtype)
+        return [(n0, min(n0 + B, N), "_tail" if 0 < n0 and N - n0 < B else "")
+                for n0 in range(0, max(N, 1), B)]
 
     def uses_direct(self, in_channels):
         """Whether forward takes the direct algorithm for this input."""
@@ -320,15 +317,15 @@ class Conv2D(Layer):
             dw = self.grads["W"].reshape(F, K)
             part = self._buffer("_dw_part", (F, K), dt)
         else:
-            chunks = ((n0, n1, None) for n0, n1 in self._chunk_bounds(N, Ho, Wo))
-        for n0, n1, cols in chunks:
+            chunks = ((n0, n1, tail, None) for n0, n1, tail in self._chunk_bounds(N, Ho, Wo))
+        for n0, n1, tail, cols in chunks:
             d2c = d2[:, n0 * P:n1 * P]
             if need_dw:
                 np.matmul(d2c, cols.T, out=dw if n0 == 0 else part)
                 if n0:
                     dw += part
             if input_grad:
-                dcols = self._chunk_buffer("_dcols", K, n0, n1, Ho, Wo)
+                dcols = self._buffer("_dcols" + tail, (K, (n1 - n0) * P), dt)
                 np.matmul(Wm.T, d2c, out=dcols)
                 run_kernel(col2im, dcols, kh, kw, sh, sw, ph, pw, Ho, Wo, dx[n0:n1])
         return dx
