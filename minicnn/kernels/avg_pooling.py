@@ -119,20 +119,6 @@ def _avg_divisor_table(H, W, H_out, W_out, kh, kw, sh, sw, ph, pw, count_include
     return D
 
 
-@njit(cache=True)
-def _split_pairs32(u, e, o):
-    """``u`` (n,) uint64: a float32 row read as pairs of cells -> ``e[m]``,
-    ``o[m]`` (n,) float32, the cells ``2m`` and ``2m+1``: the low and high
-    32 bits of ``u[m]`` (little-endian), bits unchanged.  Shifts and
-    truncations the compiler vectorises, faster than two stride-2 reads."""
-    eu = e.view(np.uint32)
-    ou = o.view(np.uint32)
-    for m in range(u.shape[0]):
-        w = u[m]
-        eu[m] = np.uint32(w & np.uint64(0xFFFFFFFF))
-        ou[m] = np.uint32(w >> np.uint64(32))
-
-
 def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
     """:func:`_avgpool2d_forward` for a 3x3 window, stride 2, column padding
     1, row padding ``ph`` (0 or 1), even width W, ``W_out = W/2`` and
@@ -150,13 +136,15 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
     quotient at centre row ``2*oh - ph + 1`` (``src[m]``), in one loop over
     the output plane.  A tap outside the input adds +0, which changes
     nothing: a sum started at +0 is never -0.
-    The split into ``e`` and ``o`` reads the plane as 64-bit words, each
-    holding cells ``2j`` (the low half: Numba targets little-endian
-    machines only) and ``2j+1`` (float32; float64 reads its cells
-    directly).
+    The split into ``e`` and ``o`` is one loop of stride-2 reads, which the
+    compiler turns into whole-vector loads and lane permutes.
     64x64x14x14, 2 threads: 320 -> 270 us (dividing the whole plane in one
-    loop and the gather, 320 -> 286; the 64-bit split, the rest);
-    64x32x28x28 465 -> 395 us.
+    loop and the gather, 320 -> 286; the rest from reading float32 cells
+    as 64-bit pairs), 64x32x28x28 465 -> 395 us, on a 2-core AMD VM with
+    AVX2.  On the Intel VM with AVX-512 those pairs compiled to truncating
+    stores, and the stride-2 loop was faster (kernel alone, 9 alternating
+    rounds, 2026-11-25): 200 -> 176 us on 4096x14x14, 365 -> 356 on
+    2048x28x28, 262 -> 263 on 2048x24x24.
 
     Parallel: prange over runs of consecutive planes (as
     :func:`~minicnn.kernels.max_pooling._maxpool2d_3x3s2_forward`); iteration
@@ -178,8 +166,6 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
     for m in range(no):
         Df[src[m]] = Dflat[m]
     xf = x.reshape((P, H * W))
-    pairs = x.itemsize == 4                  # float32: read the cells as pairs (docstring)
-    xu = xf.view(np.uint64)
     of = out.reshape((P, no))
     n_chunks = min(P, PLANE_RUNS)
     E = np.empty((n_chunks, n + 2 * Wh), x.dtype)    # rows 0 and H + 1 are zeroed below
@@ -197,13 +183,10 @@ def _avgpool2d_3x3s2_forward(x, ph, count_include_pad, divisor_override, out):
         v = V[c]
         p_lo, p_hi = _plane_run(c, n_chunks, P)
         for p in range(p_lo, p_hi):
-            if pairs:
-                _split_pairs32(xu[p], e_in, o_in)
-            else:
-                plane = xf[p]
-                for m in range(n):
-                    e_in[m] = plane[2 * m]
-                    o_in[m] = plane[2 * m + 1]
+            plane = xf[p]
+            for m in range(n):
+                e_in[m] = plane[2 * m]
+                o_in[m] = plane[2 * m + 1]
             for m in range(1, n):
                 l_in[m] = o_in[m - 1]
             for r in range(H):
