@@ -65,7 +65,12 @@ def _pad_channels_last(x, bits, mask, inf, ph, pw, xt, finite):
     all bits but the sign, ``inf`` the bits of +inf: a value is an infinity
     or a NaN iff ``bits & mask >= inf``, and that max reduction over
     integers vectorises (a float test in the copy loop made it 1.6x
-    slower).
+    slower).  The copy reads x in memory order and writes at stride C (a
+    loop over the channels innermost read at stride H*W, and compiled to
+    gathers): 64x32x14x14, 2 threads, 165 -> 143 us with x in cache,
+    379 -> 301 us after a 64 MB sweep (medians of 7 alternating rounds,
+    Intel VM, 2026-11-25); inside the default model's training step
+    331 -> 316 us (20 alternating rounds of 30 steps).
     Parallel contract: prange over the N samples; iteration n writes only
     xt[n] and finite[n]."""
     N, C, H, W = x.shape
@@ -87,12 +92,12 @@ def _pad_channels_last(x, bits, mask, inf, ph, pw, xt, finite):
                     row[q] = 0.0
                 for q in range((pw + W) * C, L):
                     row[q] = 0.0
-        for h in range(H):
-            row = plane[ph + h]
-            for w in range(W):
-                o = (pw + w) * C
-                for c in range(C):
-                    row[o + c] = x[n, c, h, w]
+        for c in range(C):
+            for h in range(H):
+                row = plane[ph + h]
+                src = x[n, c, h]
+                for w in range(W):
+                    row[np.uint64((pw + w) * C + c)] = src[w]
 
 
 def _count_nonzero(a):
